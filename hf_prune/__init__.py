@@ -1,0 +1,23 @@
+"""hf_prune: sparsify transformer models while they fine-tune inside the stock ``transformers.Trainer``."""
+from .callback import PruningTrainerCallback
+from .config import PruningConfig
+from .criteria import CRITERIA
+from .patterns import PATTERN_FAMILIES, get_pattern
+from .pruner import Pruner
+from .report import SparsityReport, sparsity_report
+from .schedules import SCHEDULES, PruningSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CRITERIA",
+    "PATTERN_FAMILIES",
+    "SCHEDULES",
+    "Pruner",
+    "PruningConfig",
+    "PruningSchedule",
+    "PruningTrainerCallback",
+    "SparsityReport",
+    "get_pattern",
+    "sparsity_report",
+]

@@ -1,0 +1,214 @@
+"""``PruningConfig``: every pruning knob, validated on construction, saved and loaded as JSON or YAML."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .criteria import CRITERIA
+from .patterns import get_pattern
+from .schedules import SCHEDULES
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PruningConfig", "CONFIG_NAME", "DEFAULT_EXCLUDE", "load_yaml"]
+
+CONFIG_NAME = "pruning_config.json"
+
+#: Task heads and poolers are never pruned by default: they are small and every output depends on them.
+DEFAULT_EXCLUDE: List[str] = [
+    r"(^|\.)(qa_outputs|classifier|pre_classifier|lm_head|score|pooler|cls|vocab_projector)(\.|$)"
+]
+SCOPES = ("global", "local")
+BLOCK_REDUCTIONS = ("mean", "sum")
+
+
+def _check_regex_list(name: str, value: Any) -> None:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
+        raise ValueError(f"{name} must be a list of non-empty regular expressions, got {value!r}")
+    for item in value:
+        try:
+            re.compile(item)
+        except re.error as err:
+            raise ValueError(f"{name} entry {item!r} is not a valid regular expression: {err}") from None
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping fails with the path in the message."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise ValueError(f"recipe file {path!r} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe file {path!r} must hold a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+@dataclass
+class PruningConfig:
+    """What to prune, how and when. See README "Configuration reference" for every field.
+
+    ``groups`` holds partial configs (each with its own ``include``) that override fields for the modules
+    they match, e.g. ``[{"include": ["intermediate", r"layer\\.\\d+\\.output"], "pattern": "2:4",
+    "target_sparsity": 0.5}]``; modules matched by no group use the top-level fields.
+    """
+
+    target_sparsity: float = 0.8
+    pattern: str = "4x1"
+    criterion: str = "snip_momentum"
+    momentum: float = 0.9
+    block_reduce: str = "mean"
+    schedule: str = "cubic"
+    start_step: int = 1
+    end_step: Optional[int] = None
+    frequency: int = 100
+    scope: str = "global"
+    min_sparsity_per_layer: float = 0.0
+    max_sparsity_per_layer: float = 0.98
+    include: Optional[List[str]] = None
+    exclude: List[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    groups: List[Dict[str, Any]] = field(default_factory=list)
+    name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_sparsity, bool) or not isinstance(self.target_sparsity, (int, float)):
+            raise ValueError(f"target_sparsity must be a number in [0, 1), got {self.target_sparsity!r}")
+        if not 0.0 <= self.target_sparsity < 1.0:
+            raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
+        pattern = get_pattern(self.pattern)
+        if self.target_sparsity > pattern.max_sparsity + 1e-9:
+            raise ValueError(
+                f"target_sparsity {self.target_sparsity} is above what pattern {self.pattern!r} allows "
+                f"(at most 1 - N/M = {pattern.max_sparsity:g})"
+            )
+        CRITERIA.get(self.criterion)
+        SCHEDULES.get(self.schedule)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.block_reduce not in BLOCK_REDUCTIONS:
+            raise ValueError(f"block_reduce must be one of {BLOCK_REDUCTIONS}, got {self.block_reduce!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        self._check_steps()
+        if not 0.0 <= self.min_sparsity_per_layer <= self.max_sparsity_per_layer <= 1.0:
+            raise ValueError(
+                "need 0 <= min_sparsity_per_layer <= max_sparsity_per_layer <= 1, got "
+                f"min={self.min_sparsity_per_layer}, max={self.max_sparsity_per_layer}"
+            )
+        if not self.min_sparsity_per_layer <= self.target_sparsity <= self.max_sparsity_per_layer:
+            raise ValueError(
+                f"target_sparsity {self.target_sparsity} must lie between min_sparsity_per_layer "
+                f"({self.min_sparsity_per_layer}) and max_sparsity_per_layer ({self.max_sparsity_per_layer})"
+            )
+        if self.include is not None:
+            _check_regex_list("include", self.include)
+        _check_regex_list("exclude", self.exclude)
+        if not isinstance(self.groups, list):
+            raise ValueError(f"groups must be a list of partial configs, got {self.groups!r}")
+        for index, group in enumerate(self.groups):
+            self._group_config(index, group)
+
+    def _check_steps(self) -> None:
+        for key in ("start_step", "frequency"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{key} must be an integer, got {value!r}")
+        if self.start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {self.start_step}")
+        if self.frequency <= 0:
+            raise ValueError(f"frequency must be a positive number of steps, got {self.frequency}")
+        if self.end_step is not None:
+            if isinstance(self.end_step, bool) or not isinstance(self.end_step, int):
+                raise ValueError(f"end_step must be an integer or None, got {self.end_step!r}")
+            if self.start_step > self.end_step:
+                raise ValueError(f"start_step ({self.start_step}) must be <= end_step ({self.end_step})")
+            if self.schedule == "oneshot" and self.end_step != self.start_step:
+                raise ValueError(
+                    f"schedule 'oneshot' prunes once, at start_step ({self.start_step}); "
+                    f"end_step must equal it or be unset, got {self.end_step}"
+                )
+        if self.start_step == 0 and CRITERIA.get(self.criterion).needs_gradient:
+            raise ValueError(
+                f"criterion {self.criterion!r} scores weights from gradients, so it cannot prune before the first "
+                "optimizer step: start_step must be >= 1 (or use criterion 'magnitude')"
+            )
+
+    # ---- groups -------------------------------------------------------------------------------------
+    def _group_config(self, index: int, group: Any) -> "PruningConfig":
+        if not isinstance(group, dict):
+            raise ValueError(f"groups[{index}] must be a mapping of config fields, got {group!r}")
+        unknown = set(group) - {f.name for f in dataclasses.fields(self)} - {"name"}
+        if "groups" in group:
+            raise ValueError(f"groups[{index}] cannot contain nested 'groups'")
+        if unknown:
+            raise ValueError(f"groups[{index}] has unknown keys {sorted(unknown)}")
+        if not group.get("include"):
+            raise ValueError(f"groups[{index}] needs an 'include' list naming the modules it covers")
+        merged = {**self.to_dict(), **group, "groups": [], "name": group.get("name") or f"group_{index}"}
+        if merged["schedule"] == "oneshot" and "end_step" not in group and merged["end_step"] is not None:
+            merged["end_step"] = merged["start_step"]
+        return PruningConfig(**merged)
+
+    def resolved_groups(self) -> List["PruningConfig"]:
+        """Group configs in matching order: explicit groups first, then the top-level config ("default")."""
+        default = dataclasses.replace(self, groups=[], name=self.name or "default")
+        return [self._group_config(i, g) for i, g in enumerate(self.groups)] + [default]
+
+    def with_end_step(self, end_step: int) -> "PruningConfig":
+        """Copy with an unset ``end_step`` filled in (the callback does this once the Trainer knows
+        ``max_steps``); an explicit ``end_step`` is kept."""
+        if self.end_step is not None:
+            return self
+        resolved = self.start_step if self.schedule == "oneshot" else max(end_step, self.start_step)
+        return dataclasses.replace(self, end_step=resolved)
+
+    # ---- serialisation ------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], source: str = "config") -> "PruningConfig":
+        """Strict: an unknown key is a typo in user input and fails naming the key and ``source``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: a pruning config must be a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            allowed = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ValueError(f"{source}: unknown pruning config key(s) {unknown}; allowed: {allowed}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> "PruningConfig":
+        """Load a YAML file; if it is a recipe with a ``pruning:`` section, that section is the config."""
+        data = load_yaml(path)
+        section = data.get("pruning", data) if isinstance(data.get("pruning"), dict) else data
+        return cls.from_dict(section, source=path)
+
+    def save_pretrained(self, save_directory: str) -> str:
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "PruningConfig":
+        """Load ``pruning_config.json`` from a folder (or the file itself). Keys written by a newer
+        hf_prune are dropped with a warning so old installs can still read new checkpoints."""
+        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise ValueError(f"no {CONFIG_NAME} found at {path!r}")
+        with open(file, encoding="utf-8") as handle:
+            data = json.load(handle)
+        known = {f.name for f in dataclasses.fields(cls)}
+        dropped = sorted(set(data) - known)
+        if dropped:
+            logger.warning("ignoring unknown keys %s in %s (written by a newer hf_prune?)", dropped, file)
+        return cls(**{key: value for key, value in data.items() if key in known})

@@ -1,0 +1,65 @@
+"""Pruning criteria: how important each weight is. One method per criterion, one registry entry each.
+
+Gradient-based criteria are evaluated after every optimizer step (on the gradients the optimizer is about
+to use) and folded into a running score ``score <- beta * score + s_t``, where ``beta`` is the config's
+``momentum`` for ``snip_momentum`` and 0 (latest step only) for ``snip`` and ``gradient``. ``magnitude``
+needs no gradient and is evaluated from the weights at each pruning event.
+"""
+from __future__ import annotations
+
+import torch
+
+from .registry import Registry
+
+__all__ = ["Criterion", "CRITERIA", "get_criterion"]
+
+
+class Criterion:
+    """``element_scores(weight, grad)`` is the whole interface; higher means more important."""
+
+    needs_gradient: bool = True
+    uses_momentum: bool = False
+
+    def element_scores(self, weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Magnitude(Criterion):
+    """|W| (Han et al., 2015)."""
+
+    needs_gradient = False
+
+    def element_scores(self, weight, grad=None):
+        return weight.detach().float().abs()
+
+
+class Gradient(Criterion):
+    """|dL/dW| of the latest optimizer step."""
+
+    def element_scores(self, weight, grad):
+        return grad.detach().float().abs()
+
+
+class Snip(Criterion):
+    """|W * dL/dW| of the latest step: first-order estimate of the loss change when a weight is removed
+    (SNIP, Lee et al., arXiv 1810.02340)."""
+
+    def element_scores(self, weight, grad):
+        return (weight.detach().float() * grad.detach().float()).abs()
+
+
+class SnipMomentum(Snip):
+    """|W * dL/dW| accumulated with momentum over all steps, as in INC's default pruner."""
+
+    uses_momentum = True
+
+
+CRITERIA: Registry = Registry("pruning criterion")
+CRITERIA.register("magnitude", Magnitude)
+CRITERIA.register("gradient", Gradient)
+CRITERIA.register("snip", Snip)
+CRITERIA.register("snip_momentum", SnipMomentum)
+
+
+def get_criterion(name: str) -> Criterion:
+    return CRITERIA.get(name)()

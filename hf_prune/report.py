@@ -1,0 +1,79 @@
+"""``sparsity_report``: what is really zero in a model, per Linear layer, with two totals.
+
+Sparsity is measured from the weights themselves (exact zeros), so the same report describes a model
+during training, after saving, and after loading it back.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["LayerSparsity", "SparsityReport", "sparsity_report"]
+
+
+@dataclass
+class LayerSparsity:
+    name: str
+    shape: List[int]
+    pattern: str
+    zeros: int
+    numel: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+
+@dataclass
+class SparsityReport:
+    """Per-layer rows plus the totals over pruned layers and over every Linear weight (INC's "Gemm ratio")."""
+
+    layers: List[LayerSparsity] = field(default_factory=list)
+
+    def _total(self, rows: List[LayerSparsity]) -> float:
+        numel = sum(row.numel for row in rows)
+        return sum(row.zeros for row in rows) / numel if numel else 0.0
+
+    @property
+    def pruned_sparsity(self) -> float:
+        return self._total([row for row in self.layers if row.pattern != "dense"])
+
+    @property
+    def linear_sparsity(self) -> float:
+        return self._total(self.layers)
+
+    def to_dict(self) -> Dict[str, object]:
+        return {
+            "sparsity_pruned_layers": round(self.pruned_sparsity, 6),
+            "sparsity_all_linear": round(self.linear_sparsity, 6),
+            "layers": [dict(asdict(row), sparsity=round(row.sparsity, 6)) for row in self.layers],
+        }
+
+    def to_markdown(self) -> str:
+        lines = ["| layer | shape | pattern | sparsity |", "|---|---|---|---|"]
+        for row in self.layers:
+            lines.append(f"| {row.name} | {'x'.join(map(str, row.shape))} | {row.pattern} | {row.sparsity:.4f} |")
+        lines.append(f"| **total, pruned layers** | | | **{self.pruned_sparsity:.4f}** |")
+        lines.append(f"| **total, all Linear weights** | | | **{self.linear_sparsity:.4f}** |")
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def sparsity_report(model: nn.Module, patterns: Optional[Dict[str, str]] = None) -> SparsityReport:
+    """Rows for every ``nn.Linear``. ``patterns`` maps pruned layer names to their pattern; without it, a
+    layer counts as pruned when any of its weights is exactly zero."""
+    rows = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        weight = module.weight
+        zeros = int((weight == 0).sum())
+        if patterns is None:
+            pattern = "sparse" if zeros else "dense"
+        else:
+            pattern = patterns.get(name, "dense")
+        rows.append(LayerSparsity(name, list(weight.shape), pattern, zeros, weight.numel()))
+    return SparsityReport(rows)

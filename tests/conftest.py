@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny random-init models built from configs and synthetic data, so tests run in seconds."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertForQuestionAnswering
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")
+SHARED = os.path.normpath(SHARED)
+
+
+def tiny_bert_config(**overrides) -> BertConfig:
+    values = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=64, type_vocab_size=2)
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+def tiny_bert_qa(seed: int = 0, **overrides) -> BertForQuestionAnswering:
+    torch.manual_seed(seed)
+    return BertForQuestionAnswering(tiny_bert_config(**overrides))
+
+
+class QADataset(torch.utils.data.Dataset):
+    """Random token sequences whose answer span is marked by two special token ids, so a model can learn it."""
+
+    def __init__(self, size: int = 64, seq_len: int = 24, vocab: int = 96, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.items = []
+        for _ in range(size):
+            ids = torch.randint(5, vocab, (seq_len,), generator=generator)
+            start = int(torch.randint(1, seq_len - 4, (1,), generator=generator))
+            end = start + int(torch.randint(0, 3, (1,), generator=generator))
+            ids[start], ids[end] = 3, 4
+            self.items.append({"input_ids": ids, "attention_mask": torch.ones(seq_len, dtype=torch.long),
+                               "start_positions": torch.tensor(start), "end_positions": torch.tensor(end)})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+
+class ToyMLP(nn.Module):
+    def __init__(self, sizes=(16, 32, 16, 4), seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+
+@pytest.fixture
+def toy_mlp() -> ToyMLP:
+    return ToyMLP()
+
+
+def requires_shared(*parts: str) -> str:
+    """Path under ../shared, or skip the test saying what is missing."""
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is absent: this test needs the real data/checkpoints in ../shared (see its README)")
+    return path
