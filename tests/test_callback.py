@@ -1,0 +1,118 @@
+import os
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from hf_prune import PruningConfig, PruningTrainerCallback
+from hf_prune.pruner import PRUNER_STATE_NAME
+from tests.conftest import QADataset, tiny_bert_qa
+
+
+def _args(output_dir, **overrides):
+    values = dict(output_dir=str(output_dir), per_device_train_batch_size=8, learning_rate=5e-3, weight_decay=0.1,
+                  max_steps=24, logging_steps=4, save_strategy="no", report_to=[], use_cpu=True, seed=7,
+                  disable_tqdm=True, data_seed=7)
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def _train(output_dir, config, resume=None, **overrides):
+    model = tiny_bert_qa(seed=3)
+    callback = PruningTrainerCallback(config)
+    trainer = Trainer(model=model, args=_args(output_dir, **overrides), train_dataset=QADataset(96),
+                      callbacks=[callback])
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, callback
+
+
+def _assert_masked_zero(model, pruner):
+    for name, mask in pruner.masks.items():
+        assert torch.all(model.get_submodule(name).weight[~mask] == 0), name
+
+
+def test_trainer_run_reaches_target_with_accumulation_and_weight_decay(tmp_path):
+    config = PruningConfig(target_sparsity=0.8, pattern="4x1", start_step=2, end_step=16, frequency=2)
+    trainer, callback = _train(tmp_path, config, gradient_accumulation_steps=2, max_grad_norm=1.0)
+    pruner = callback.pruner
+    assert pruner.sparsity() == pytest.approx(0.8, abs=0.01)
+    _assert_masked_zero(trainer.model, pruner)
+    report = pruner.sparsity_report()
+    assert report.pruned_sparsity == pytest.approx(0.8, abs=0.01)
+    assert report.linear_sparsity < report.pruned_sparsity  # the QA head stays dense
+    logged = [entry["sparsity"] for entry in trainer.state.log_history if "sparsity" in entry and "loss" in entry]
+    assert logged == sorted(logged) and logged[-1] == pytest.approx(0.8, abs=0.01) and logged[0] > 0
+
+
+def test_masks_hold_after_every_optimizer_step(tmp_path):
+    config = PruningConfig(target_sparsity=0.5, pattern="1x1", start_step=1, end_step=4, frequency=1)
+    seen = []
+
+    class Check(PruningTrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            super().on_optimizer_step(args, state, control, **kwargs)
+            if self.pruner.last_event_step is not None:
+                _assert_masked_zero(kwargs["model"], self.pruner)
+                seen.append(state.global_step)
+
+    model = tiny_bert_qa(seed=3)
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=8, weight_decay=0.5), train_dataset=QADataset(64),
+                      callbacks=[Check(config)])
+    trainer.train()
+    assert seen == list(range(1, 8))
+
+
+def test_bf16(tmp_path):
+    config = PruningConfig(target_sparsity=0.5, pattern="2:4", start_step=2, end_step=8, frequency=2)
+    trainer, callback = _train(tmp_path, config, bf16=True, max_steps=10)
+    assert callback.pruner.sparsity() == pytest.approx(0.5)
+    _assert_masked_zero(trainer.model, callback.pruner)
+
+
+def test_end_step_defaults_to_three_quarters_of_training(tmp_path):
+    _, callback = _train(tmp_path, PruningConfig(target_sparsity=0.5, frequency=4), max_steps=20)
+    assert callback.pruner.config.end_step == 15
+    assert callback.pruner.sparsity() == pytest.approx(0.5, abs=0.01)
+
+
+def test_resume_mid_pruning_matches_uninterrupted_run(tmp_path):
+    config = PruningConfig(target_sparsity=0.8, pattern="4x1", start_step=2, end_step=20, frequency=3)
+    full, full_cb = _train(tmp_path / "full", config, save_strategy="steps", save_steps=10)
+    checkpoint = tmp_path / "full" / "checkpoint-10"
+    assert (checkpoint / PRUNER_STATE_NAME).is_file()
+
+    resumed, resumed_cb = _train(tmp_path / "full", config, resume=str(checkpoint), save_strategy="no")
+    for name, mask in full_cb.pruner.masks.items():
+        assert torch.equal(resumed_cb.pruner.masks[name], mask), name
+    full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
+    for key, value in full_state.items():
+        torch.testing.assert_close(resumed_state[key], value, atol=1e-6, rtol=0)
+
+
+def test_resume_without_pruner_state_is_a_clear_error(tmp_path):
+    config = PruningConfig(target_sparsity=0.5, start_step=2, end_step=6, frequency=2)
+    _train(tmp_path, config, save_strategy="steps", save_steps=4, max_steps=6)
+    os.remove(tmp_path / "checkpoint-4" / PRUNER_STATE_NAME)
+    with pytest.raises(ValueError, match="no pruner_state.safetensors was found"):
+        _train(tmp_path, config, resume=str(tmp_path / "checkpoint-4"), max_steps=6)
+
+
+def test_bad_config_fails_before_first_step(tmp_path):
+    steps = []
+
+    class Spy(PruningTrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    trainer = Trainer(model=tiny_bert_qa(), args=_args(tmp_path), train_dataset=QADataset(16),
+                      callbacks=[Spy(PruningConfig(include=["no_such_module"]))])
+    with pytest.raises(ValueError, match="matches no nn.Linear"):
+        trainer.train()
+    assert steps == []
+
+
+def test_config_from_dict_and_yaml(tmp_path):
+    assert PruningTrainerCallback({"target_sparsity": 0.3}).config.target_sparsity == 0.3
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("pruning:\n  pattern: '1x1'\n")
+    assert PruningTrainerCallback(str(recipe)).config.pattern == "1x1"
