@@ -1,0 +1,404 @@
+#!/usr/bin/env python
+"""Fine-tune a model for extractive question answering (SQuAD) while pruning it, optionally with distillation.
+
+The same flags as transformers' ``examples/pytorch/question-answering/run_qa.py``, plus pruning
+(``--do_prune``, ``--target_sparsity``, ``--pruning_pattern`` ...) and distillation
+(``--teacher_model_name_or_path`` ...) flags, and ``--recipe`` for a YAML file of defaults::
+
+    python run_qa_prune.py --model_name_or_path prajjwal1/bert-mini
+    python run_qa_prune.py --model_name_or_path ../shared/models/all-MiniLM-L6-v2 \\
+        --train_file ../shared/data/squad/train.json --validation_file ../shared/data/squad/validation.json \\
+        --recipe recipes/all-MiniLM-L6-v2/4x1.yaml --output_dir outputs/minilm-4x1
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import List, Optional
+
+import datasets
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    HfArgumentParser,
+    PreTrainedTokenizerFast,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+
+from hf_prune import PruningConfig, PruningTrainerCallback
+from hf_prune.config import load_yaml
+from hf_prune.export import save_pruning_artifacts, write_model_card
+from hf_prune.qa import (
+    compute_squad,
+    format_for_metric,
+    load_qa_datasets,
+    postprocess_qa_predictions,
+    prepare_train_features,
+    prepare_validation_features,
+)
+
+logger = logging.getLogger(__name__)
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+DEFAULT_RECIPE = "4x1.yaml"
+OFFLINE_HINT = ("use a local folder for --model_name_or_path (and --teacher_model_name_or_path) and local SQuAD "
+                "files for --train_file/--validation_file")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "Model id on the Hub or path to a local folder."})
+    config_name: Optional[str] = field(default=None, metadata={"help": "Config name or path, if not the model's."})
+    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where downloads from the Hub are stored."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
+    token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: Optional[str] = field(default=None, metadata={
+        "help": "Dataset on the Hub (default 'squad' when no local file is given)."})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Dataset configuration name."})
+    train_file: Optional[str] = field(default=None, metadata={"help": "SQuAD JSON (nested or flat), JSON lines or CSV."})
+    validation_file: Optional[str] = field(default=None, metadata={"help": "Evaluation file, same formats."})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Prediction file, same formats."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the tokenized features."})
+    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenization."})
+    max_seq_length: int = field(default=384, metadata={"help": "Tokens per window (question + context)."})
+    pad_to_max_length: bool = field(default=True, metadata={
+        "help": "Pad every window to max_seq_length; False pads each batch to its longest window."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep only this many training examples."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Keep only this many evaluation examples."})
+    max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Keep only this many test examples."})
+    version_2_with_negative: bool = field(default=False, metadata={"help": "SQuAD v2.0: questions may have no answer."})
+    null_score_diff_threshold: float = field(default=0.0, metadata={
+        "help": "v2.0: answer empty when null score - best span score exceeds this."})
+    doc_stride: int = field(default=128, metadata={"help": "Overlap in tokens between windows of a long context."})
+    n_best_size: int = field(default=20, metadata={"help": "Start/end candidates searched per window."})
+    max_answer_length: int = field(default=30, metadata={"help": "Longest answer in tokens."})
+
+
+@dataclass
+class PruningArguments:
+    recipe: Optional[str] = field(default=None, metadata={
+        "help": "YAML recipe of defaults (path, or a file name in recipes/<model>/). Flags override it. Default: "
+                f"recipes/<model>/{DEFAULT_RECIPE} when it exists."})
+    do_prune: Optional[bool] = field(default=None, metadata={
+        "help": "Prune while fine-tuning (default True, or as the recipe says). False: dense fine-tuning."})
+    target_sparsity: Optional[float] = field(default=None, metadata={"help": "Final sparsity in [0, 1)."})
+    pruning_pattern: Optional[str] = field(default=None, metadata={"help": "'NxM' blocks (4x1, 1x1, ...) or 'N:M' (2:4)."})
+    pruning_criterion: Optional[str] = field(default=None, metadata={
+        "help": "snip_momentum | snip | magnitude | gradient."})
+    pruning_schedule: Optional[str] = field(default=None, metadata={"help": "cubic | exp | linear | cos | oneshot."})
+    pruning_start_step: Optional[int] = field(default=None, metadata={"help": "First pruning event (optimizer step)."})
+    pruning_end_step: Optional[int] = field(default=None, metadata={"help": "Step at which the target is reached."})
+    pruning_frequency: Optional[int] = field(default=None, metadata={"help": "Steps between pruning events."})
+    pruning_scope: Optional[str] = field(default=None, metadata={"help": "global | local."})
+    prune_include: Optional[List[str]] = field(default=None, metadata={"help": "Regexes of module names to prune."})
+    prune_exclude: Optional[List[str]] = field(default=None, metadata={"help": "Regexes of module names to keep dense."})
+
+
+@dataclass
+class DistillationArguments:
+    teacher_model_name_or_path: Optional[str] = field(default=None, metadata={
+        "help": "Fine-tuned QA teacher sharing the student's tokenizer; enables distillation."})
+    distill_method: Optional[str] = field(default=None, metadata={"help": "logits | reused_classifier."})
+    distill_temperature: Optional[float] = field(default=None, metadata={"help": "Softmax temperature of KD."})
+    distill_loss_weight: Optional[float] = field(default=None, metadata={"help": "Weight of the KD loss."})
+    hard_label_weight: Optional[float] = field(default=None, metadata={"help": "Weight of the student's own loss."})
+    feature_weight: Optional[float] = field(default=None, metadata={"help": "Weight of SimKD's feature loss."})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, PruningArguments, DistillationArguments, TrainingArguments)
+PRUNING_FLAGS = {"target_sparsity": "target_sparsity", "pruning_pattern": "pattern", "pruning_criterion": "criterion",
+                 "pruning_schedule": "schedule", "pruning_start_step": "start_step", "pruning_end_step": "end_step",
+                 "pruning_frequency": "frequency", "pruning_scope": "scope", "prune_include": "include",
+                 "prune_exclude": "exclude"}
+DISTILL_FLAGS = {"distill_method": "method", "distill_temperature": "temperature",
+                 "distill_loss_weight": "distill_loss_weight", "hard_label_weight": "hard_label_weight",
+                 "feature_weight": "feature_weight"}
+RECIPE_KEYS = {"description", "expected", "arguments", "pruning", "distillation"}
+
+
+# ---- arguments and recipes ----------------------------------------------------------------------------------
+def find_recipe(recipe: Optional[str], model_name_or_path: str) -> Optional[Path]:
+    """An explicit recipe (path, or file name in the model's recipe folder), else the model's default."""
+    folder = _recipe_folder(model_name_or_path)
+    if recipe:
+        for candidate in (Path(recipe), RECIPES_DIR / recipe, *([folder / recipe] if folder else [])):
+            if candidate.is_file():
+                return candidate
+        available = sorted(str(p.relative_to(RECIPES_DIR.parent)) for p in RECIPES_DIR.glob("*/*.yaml"))
+        raise ValueError(f"recipe {recipe!r} not found; available: {', '.join(available)}")
+    default = folder / DEFAULT_RECIPE if folder else None
+    return default if default is not None and default.is_file() else None
+
+
+def _recipe_folder(model_name_or_path: str) -> Optional[Path]:
+    name = os.path.basename(model_name_or_path.rstrip("/")).lower()
+    folders = sorted((p for p in RECIPES_DIR.iterdir() if p.is_dir()), key=lambda p: -len(p.name)) \
+        if RECIPES_DIR.is_dir() else []
+    return next((p for p in folders if name == p.name.lower() or name.startswith(p.name.lower() + "-")), None)
+
+
+def load_recipe(path: Path, parser: HfArgumentParser) -> dict:
+    recipe = load_yaml(str(path))
+    unknown = sorted(set(recipe) - RECIPE_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown recipe key(s) {unknown}; allowed: {sorted(RECIPE_KEYS)}")
+    dests = {action.dest for action in parser._actions}
+    bad = sorted(set(recipe.get("arguments") or {}) - dests)
+    if bad:
+        raise ValueError(f"{path}: unknown argument(s) {bad} in 'arguments'")
+    if recipe.get("pruning") is not None:
+        PruningConfig.from_dict(recipe["pruning"], source=str(path))
+    return recipe
+
+
+def parse_arguments(argv: List[str]):
+    """(model, data, pruning, distillation, training args, recipe path, recipe dict). The recipe's
+    ``arguments`` become parser defaults, so a flag on the command line (or in a .json/.yaml file) wins."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    file_args = None
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        file_args = load_yaml(argv[0]) if argv[0].endswith(("yaml", "yml")) else __import__("json").load(open(argv[0]))
+        given = set(file_args)
+        model_name, recipe_arg = file_args.get("model_name_or_path"), file_args.get("recipe")
+    else:
+        given = {token[2:].split("=")[0] for token in argv if token.startswith("--")}
+        pre = HfArgumentParser((ModelArguments, PruningArguments)).parse_known_args(argv)[0]
+        model_name, recipe_arg = pre.model_name_or_path, pre.recipe
+    if not model_name:
+        raise ValueError("--model_name_or_path is required")
+    recipe_path = find_recipe(recipe_arg, model_name)
+    recipe = load_recipe(recipe_path, parser) if recipe_path else {}
+    defaults = dict(recipe.get("arguments") or {})
+    if not given & {"do_train", "do_eval", "do_predict"} and not defaults.keys() & {"do_train", "do_eval"}:
+        defaults.update(do_train=True, do_eval=True)
+    if "output_dir" not in given and "output_dir" not in defaults:
+        suffix = recipe_path.stem if recipe_path else ("prune" if defaults.get("do_prune", True) else "dense")
+        defaults["output_dir"] = os.path.join("outputs", f"{os.path.basename(model_name.rstrip('/'))}-{suffix}")
+    if file_args is not None:
+        parsed = parser.parse_dict({**defaults, **file_args})
+    else:
+        parser.set_defaults(**defaults)
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    return (*parsed, recipe_path, recipe)
+
+
+def build_pruning_config(prune_args: PruningArguments, recipe: dict, recipe_path: Optional[Path]) -> Optional[PruningConfig]:
+    """The recipe's ``pruning`` section with pruning flags on top; None for dense fine-tuning."""
+    flags = {field_name: getattr(prune_args, flag) for flag, field_name in PRUNING_FLAGS.items()
+             if getattr(prune_args, flag) is not None}
+    do_prune = prune_args.do_prune
+    if do_prune is None:
+        do_prune = bool(flags) or "pruning" not in recipe or recipe["pruning"] is not None
+    if not do_prune:
+        if flags:
+            raise ValueError(f"--do_prune False conflicts with pruning flags {sorted(flags)}: drop one or the other")
+        return None
+    section = dict(recipe.get("pruning") or {})
+    return PruningConfig.from_dict({**section, **flags}, source=str(recipe_path or "command line"))
+
+
+def build_distillation_settings(distill_args: DistillationArguments, recipe: dict) -> Optional[dict]:
+    """Distillation config fields from the recipe's ``distillation`` section and the flags; None without teacher."""
+    flags = {name: getattr(distill_args, flag) for flag, name in DISTILL_FLAGS.items()
+             if getattr(distill_args, flag) is not None}
+    if not distill_args.teacher_model_name_or_path:
+        if flags:
+            raise ValueError(f"distillation flags {sorted(flags)} need --teacher_model_name_or_path")
+        return None
+    return {**(recipe.get("distillation") or {}), **flags}
+
+
+# ---- model and data -------------------------------------------------------------------------------------------
+def from_hub_or_local(what: str, name: str, load):
+    """Run ``load()``; when ``name`` is not a local path and loading fails, stop with one sentence."""
+    try:
+        return load()
+    except Exception as err:  # the Hub client raises many types when offline; a local path re-raises as is
+        if os.path.exists(name):
+            raise
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(f"error: could not load {what} {name!r} from the Hugging Face Hub "
+                         f"(is it unreachable? {first_line[:160]}); offline, {OFFLINE_HINT}.") from None
+
+
+def load_model_and_tokenizer(model_args: ModelArguments):
+    hub = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
+               trust_remote_code=model_args.trust_remote_code)
+    name = model_args.model_name_or_path
+    config = from_hub_or_local("model config", model_args.config_name or name,
+                               lambda: AutoConfig.from_pretrained(model_args.config_name or name, **hub))
+    tokenizer = from_hub_or_local("tokenizer", model_args.tokenizer_name or name, lambda: AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or name, use_fast=True, **hub))
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise ValueError(f"{name}: this script needs a fast tokenizer (offset mappings); got {type(tokenizer).__name__}")
+    model = from_hub_or_local("model", name, lambda: AutoModelForQuestionAnswering.from_pretrained(
+        name, config=config, **hub))
+    return tokenizer, model
+
+
+def load_raw_datasets(data_args: DataTrainingArguments, cache_dir: Optional[str]) -> datasets.DatasetDict:
+    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    if any(files.values()) and data_args.dataset_name:
+        raise ValueError("give either --dataset_name or local --train_file/--validation_file/--test_file, not both")
+    dataset_name = data_args.dataset_name or (None if any(files.values()) else "squad")
+    if dataset_name is None:
+        return load_qa_datasets(None, None, files, data_args.version_2_with_negative)
+    return from_hub_or_local("dataset", dataset_name, lambda: load_qa_datasets(
+        dataset_name, data_args.dataset_config_name, {}, data_args.version_2_with_negative, cache_dir))
+
+
+def _select(dataset, limit: Optional[int]):
+    return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
+
+
+def tokenize_splits(raw, tokenizer, data_args: DataTrainingArguments, training_args: TrainingArguments):
+    """(train features, eval examples, eval features, test examples, test features); None where not needed."""
+    max_len = min(data_args.max_seq_length, tokenizer.model_max_length)
+    options = dict(tokenizer=tokenizer, max_seq_length=max_len, doc_stride=data_args.doc_stride,
+                   pad_to_max_length=data_args.pad_to_max_length)
+    mapped = dict(batched=True, num_proc=data_args.preprocessing_num_workers,
+                  load_from_cache_file=not data_args.overwrite_cache)
+    needed = {"train": training_args.do_train, "validation": training_args.do_eval, "test": training_args.do_predict}
+    for split, wanted in needed.items():
+        if wanted and split not in raw:
+            raise ValueError(f"--do_{'eval' if split == 'validation' else split.replace('test', 'predict')} needs a "
+                             f"{split} split: give --{split}_file")
+    outputs = [None] * 5
+    if training_args.do_train:
+        train = _select(raw["train"], data_args.max_train_samples)
+        with training_args.main_process_first(desc="train features"):
+            outputs[0] = train.map(partial(prepare_train_features, **options), remove_columns=train.column_names,
+                                   desc="Tokenizing train", **mapped)
+    for index, (split, limit) in ((1, ("validation", data_args.max_eval_samples)),
+                                  (3, ("test", data_args.max_predict_samples))):
+        if needed[split]:
+            examples = _select(raw[split], limit)
+            with training_args.main_process_first(desc=f"{split} features"):
+                features = examples.map(partial(prepare_validation_features, **options),
+                                        remove_columns=examples.column_names, desc=f"Tokenizing {split}", **mapped)
+            outputs[index], outputs[index + 1] = examples, features
+    return tuple(outputs)
+
+
+# ---- trainer ------------------------------------------------------------------------------------------------
+def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_config, distillation, teacher_name,
+                  model_args):
+    from hf_prune.qa import QuestionAnsweringTrainer
+
+    train_features, eval_examples, eval_features, _, _ = splits
+
+    def post_process(examples, features, logits, stage="eval"):
+        answers = postprocess_qa_predictions(
+            examples, features, logits, version_2_with_negative=data_args.version_2_with_negative,
+            n_best_size=data_args.n_best_size, max_answer_length=data_args.max_answer_length,
+            null_score_diff_threshold=data_args.null_score_diff_threshold,
+            output_dir=training_args.output_dir if training_args.should_save else None, prefix=stage)
+        predictions, references = format_for_metric(answers, examples, data_args.version_2_with_negative)
+        return EvalPrediction(predictions=predictions, label_ids=references)
+
+    def compute_metrics(prediction: EvalPrediction):
+        return compute_squad(prediction.predictions, prediction.label_ids, data_args.version_2_with_negative)
+
+    collator = default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(
+        tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None)
+    callbacks = [PruningTrainerCallback(pruning_config)] if pruning_config is not None else []
+    common = dict(model=model, args=training_args, train_dataset=train_features, eval_dataset=eval_features,
+                  eval_examples=eval_examples, processing_class=tokenizer, data_collator=collator,
+                  post_process_function=post_process, compute_metrics=compute_metrics, callbacks=callbacks)
+    if distillation is None:
+        return QuestionAnsweringTrainer(**common)
+    from hf_prune.distillation import DistillationConfig, QuestionAnsweringDistillationTrainer
+
+    teacher = from_hub_or_local("teacher model", teacher_name, lambda: AutoModelForQuestionAnswering.from_pretrained(
+        teacher_name, cache_dir=model_args.cache_dir, token=model_args.token))
+    return QuestionAnsweringDistillationTrainer(teacher_model=teacher,
+                                                distillation_config=DistillationConfig(**distillation), **common)
+
+
+def pruning_callback(trainer) -> Optional[PruningTrainerCallback]:
+    return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PruningTrainerCallback)), None)
+
+
+# ---- main ----------------------------------------------------------------------------------------------------
+def main(argv: Optional[List[str]] = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, data_args, prune_args, distill_args, training_args, recipe_path, recipe = parse_arguments(argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    for module_logger in (logger, logging.getLogger("hf_prune"), datasets.utils.logging, transformers.utils.logging):
+        (module_logger.setLevel if hasattr(module_logger, "setLevel") else module_logger.set_verbosity)(log_level)
+    pruning_config = build_pruning_config(prune_args, recipe, recipe_path)
+    distillation = build_distillation_settings(distill_args, recipe)
+    logger.info("recipe: %s; pruning: %s; distillation: %s", recipe_path, pruning_config, distillation)
+    set_seed(training_args.seed)
+
+    raw = load_raw_datasets(data_args, model_args.cache_dir)
+    tokenizer, model = load_model_and_tokenizer(model_args)
+    splits = tokenize_splits(raw, tokenizer, data_args, training_args)
+    trainer = build_trainer(model, tokenizer, training_args, data_args, splits, pruning_config, distillation,
+                            distill_args.teacher_model_name_or_path, model_args)
+
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        train_metrics = dict(result.metrics, train_samples=len(splits[0]))
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        metrics.update(train_metrics)
+    if training_args.do_eval:
+        eval_metrics = dict(trainer.evaluate(), eval_samples=len(splits[1]))
+        metrics.update(eval_metrics)
+    callback = pruning_callback(trainer)
+    report = save_pruning_artifacts(trainer.model, training_args.output_dir, pruning_config,
+                                    callback.pruner.patterns() if callback and callback.pruner else None)
+    sparsity = {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity,
+                "pruning_pattern": pruning_config.pattern if pruning_config else "dense"}
+    if training_args.do_eval:
+        eval_metrics.update(sparsity)
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if training_args.do_predict:
+        _, _, _, test_examples, test_features = splits
+        predict_metrics = trainer.predict(test_features, test_examples).metrics
+        trainer.log_metrics("predict", predict_metrics)
+        trainer.save_metrics("predict", predict_metrics)
+        metrics.update(predict_metrics)
+
+    def card() -> None:
+        write_model_card(training_args.output_dir, model_name=os.path.basename(training_args.output_dir.rstrip("/")),
+                         base_model=model_args.model_name_or_path, report=report, config=pruning_config,
+                         metrics=metrics, dataset=data_args.dataset_name or "squad",
+                         dataset_name="SQuAD v2.0" if data_args.version_2_with_negative else "SQuAD v1.1",
+                         teacher=distill_args.teacher_model_name_or_path,
+                         recipe=str(recipe_path) if recipe_path else None)
+
+    trainer.model_card_writer = card
+    if training_args.should_save:
+        card()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_tags="squad", tags=["pruning", "sparse"])
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
