@@ -323,7 +323,8 @@ def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_co
                   post_process_function=post_process, compute_metrics=compute_metrics, callbacks=callbacks)
     if distillation is None:
         return QuestionAnsweringTrainer(**common)
-    from hf_prune.distillation import DistillationConfig, QuestionAnsweringDistillationTrainer
+    from hf_prune.distillation import DistillationConfig
+    from hf_prune.qa import QuestionAnsweringDistillationTrainer
 
     teacher = from_hub_or_local("teacher model", teacher_name, lambda: AutoModelForQuestionAnswering.from_pretrained(
         teacher_name, cache_dir=model_args.cache_dir, token=model_args.token))

@@ -2,10 +2,10 @@
 from .data import load_qa_datasets, load_squad_file, prepare_train_features, prepare_validation_features
 from .metric import compute_squad, squad_v1, squad_v2
 from .postprocess import format_for_metric, postprocess_qa_predictions
-from .trainer import QuestionAnsweringMixin, QuestionAnsweringTrainer
+from .trainer import QuestionAnsweringDistillationTrainer, QuestionAnsweringMixin, QuestionAnsweringTrainer
 
 __all__ = [
-    "QuestionAnsweringMixin", "QuestionAnsweringTrainer", "compute_squad", "format_for_metric", "load_qa_datasets",
+    "QuestionAnsweringDistillationTrainer", "QuestionAnsweringMixin", "QuestionAnsweringTrainer", "compute_squad", "format_for_metric", "load_qa_datasets",
     "load_squad_file", "postprocess_qa_predictions", "prepare_train_features", "prepare_validation_features",
     "squad_v1", "squad_v2",
 ]

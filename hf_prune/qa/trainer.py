@@ -12,7 +12,9 @@ from typing import Callable, Dict, Optional
 from transformers import Trainer
 from transformers.trainer_utils import PredictionOutput, speed_metrics
 
-__all__ = ["QuestionAnsweringMixin", "QuestionAnsweringTrainer"]
+from ..distillation import DistillationTrainer
+
+__all__ = ["QuestionAnsweringMixin", "QuestionAnsweringTrainer", "QuestionAnsweringDistillationTrainer"]
 
 
 class QuestionAnsweringMixin:
@@ -77,3 +79,8 @@ class QuestionAnsweringMixin:
 
 class QuestionAnsweringTrainer(QuestionAnsweringMixin, Trainer):
     """``Trainer`` with SQuAD-style evaluation."""
+
+
+
+class QuestionAnsweringDistillationTrainer(QuestionAnsweringMixin, DistillationTrainer):
+    """``DistillationTrainer`` with SQuAD-style evaluation."""
