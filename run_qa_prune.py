@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import List, Optional
+from urllib.parse import urlparse
 
 import datasets
 import transformers
@@ -37,8 +39,11 @@ from transformers import (
 
 from hf_prune import PruningConfig, PruningTrainerCallback
 from hf_prune.config import load_yaml
+from hf_prune.distillation import DistillationConfig
 from hf_prune.export import save_pruning_artifacts, write_model_card
 from hf_prune.qa import (
+    QuestionAnsweringDistillationTrainer,
+    QuestionAnsweringTrainer,
     compute_squad,
     format_for_metric,
     load_qa_datasets,
@@ -164,6 +169,8 @@ def load_recipe(path: Path, parser: HfArgumentParser) -> dict:
         raise ValueError(f"{path}: unknown argument(s) {bad} in 'arguments'")
     if recipe.get("pruning") is not None:
         PruningConfig.from_dict(recipe["pruning"], source=str(path))
+    if recipe.get("distillation") is not None:
+        DistillationConfig.from_dict(recipe["distillation"], source=str(path))
     return recipe
 
 
@@ -221,12 +228,26 @@ def build_distillation_settings(distill_args: DistillationArguments, recipe: dic
         if flags:
             raise ValueError(f"distillation flags {sorted(flags)} need --teacher_model_name_or_path")
         return None
-    return {**(recipe.get("distillation") or {}), **flags}
+    return DistillationConfig.from_dict({**(recipe.get("distillation") or {}), **flags}).to_dict()
 
 
 # ---- model and data -------------------------------------------------------------------------------------------
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the Hub endpoint: seconds instead of a minute of client retries when offline."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def from_hub_or_local(what: str, name: str, load):
-    """Run ``load()``; when ``name`` is not a local path and loading fails, stop with one sentence."""
+    """Run ``load()``. A name that is not a local path needs the Hub: when it is unreachable (and
+    ``HF_HUB_OFFLINE`` does not ask for the local cache), or loading fails, stop with one sentence."""
+    if not os.path.exists(name) and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
+        raise SystemExit(f"error: the Hugging Face Hub is unreachable, so {what} {name!r} cannot be downloaded; "
+                         f"offline, {OFFLINE_HINT} (or set HF_HUB_OFFLINE=1 to use the local cache).")
     try:
         return load()
     except Exception as err:  # the Hub client raises many types when offline; a local path re-raises as is
@@ -299,8 +320,6 @@ def tokenize_splits(raw, tokenizer, data_args: DataTrainingArguments, training_a
 # ---- trainer ------------------------------------------------------------------------------------------------
 def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_config, distillation, teacher_name,
                   model_args):
-    from hf_prune.qa import QuestionAnsweringTrainer
-
     train_features, eval_examples, eval_features, _, _ = splits
 
     def post_process(examples, features, logits, stage="eval"):
@@ -323,8 +342,6 @@ def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_co
                   post_process_function=post_process, compute_metrics=compute_metrics, callbacks=callbacks)
     if distillation is None:
         return QuestionAnsweringTrainer(**common)
-    from hf_prune.distillation import DistillationConfig
-    from hf_prune.qa import QuestionAnsweringDistillationTrainer
 
     teacher = from_hub_or_local("teacher model", teacher_name, lambda: AutoModelForQuestionAnswering.from_pretrained(
         teacher_name, cache_dir=model_args.cache_dir, token=model_args.token))

@@ -169,10 +169,13 @@ PATTERN_FAMILIES.register("semi_structured", SemiStructuredPattern)
 
 def get_pattern(name: str) -> Pattern:
     """Parse a pattern name such as ``"4x1"`` or ``"2:4"``; unknown names raise ``ValueError``."""
+    allowed = "; ".join(PATTERN_FAMILIES.get(family).syntax for family in PATTERN_FAMILIES)
     if isinstance(name, str):
         for family in PATTERN_FAMILIES:
-            pattern = PATTERN_FAMILIES.get(family).parse(name.strip().lower())
+            try:
+                pattern = PATTERN_FAMILIES.get(family).parse(name.strip().lower())
+            except ValueError as err:
+                raise ValueError(f"invalid pruning pattern {name!r}: {err}; allowed: {allowed}") from None
             if pattern is not None:
                 return pattern
-    allowed = "; ".join(PATTERN_FAMILIES.get(family).syntax for family in PATTERN_FAMILIES)
     raise ValueError(f"unknown pruning pattern {name!r}; allowed: {allowed}")

@@ -44,8 +44,8 @@ def postprocess_qa_predictions(
     ``{prefix_}predictions.json`` and ``{prefix_}nbest_predictions.json`` (and null odds for v2.0).
     """
     all_start, all_end = predictions
-    if len(all_start) != len(features):
-        raise ValueError(f"got {len(all_start)} predictions for {len(features)} features")
+    if len(all_start) != len(features["example_id"]):
+        raise ValueError(f"got {len(all_start)} predictions for {len(features['example_id'])} features")
     features_by_example = collections.defaultdict(list)
     for index, example_id in enumerate(features["example_id"]):
         features_by_example[example_id].append(index)
