@@ -37,7 +37,7 @@ from transformers import (
     set_seed,
 )
 
-from hf_prune import PruningConfig, PruningTrainerCallback
+from hf_prune import PruningConfig, PruningTrainerCallback, add_pruning_callback
 from hf_prune.config import load_yaml
 from hf_prune.distillation import DistillationConfig
 from hf_prune.export import save_pruning_artifacts, write_model_card
@@ -336,17 +336,19 @@ def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_co
 
     collator = default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(
         tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None)
-    callbacks = [PruningTrainerCallback(pruning_config)] if pruning_config is not None else []
     common = dict(model=model, args=training_args, train_dataset=train_features, eval_dataset=eval_features,
                   eval_examples=eval_examples, processing_class=tokenizer, data_collator=collator,
-                  post_process_function=post_process, compute_metrics=compute_metrics, callbacks=callbacks)
+                  post_process_function=post_process, compute_metrics=compute_metrics)
     if distillation is None:
-        return QuestionAnsweringTrainer(**common)
-
-    teacher = from_hub_or_local("teacher model", teacher_name, lambda: AutoModelForQuestionAnswering.from_pretrained(
-        teacher_name, cache_dir=model_args.cache_dir, token=model_args.token))
-    return QuestionAnsweringDistillationTrainer(teacher_model=teacher,
-                                                distillation_config=DistillationConfig(**distillation), **common)
+        trainer = QuestionAnsweringTrainer(**common)
+    else:
+        teacher = from_hub_or_local("teacher model", teacher_name, lambda: AutoModelForQuestionAnswering.from_pretrained(
+            teacher_name, cache_dir=model_args.cache_dir, token=model_args.token))
+        trainer = QuestionAnsweringDistillationTrainer(teacher_model=teacher,
+                                                       distillation_config=DistillationConfig(**distillation), **common)
+    if pruning_config is not None:
+        add_pruning_callback(trainer, pruning_config)
+    return trainer
 
 
 def pruning_callback(trainer) -> Optional[PruningTrainerCallback]:

@@ -1,5 +1,5 @@
 """hf_prune: sparsify transformer models while they fine-tune inside the stock ``transformers.Trainer``."""
-from .callback import PruningTrainerCallback
+from .callback import PruningTrainerCallback, add_pruning_callback
 from .config import PruningConfig
 from .criteria import CRITERIA
 from .patterns import PATTERN_FAMILIES, get_pattern
@@ -18,6 +18,7 @@ __all__ = [
     "PruningSchedule",
     "PruningTrainerCallback",
     "SparsityReport",
+    "add_pruning_callback",
     "get_pattern",
     "sparsity_report",
 ]

@@ -13,7 +13,7 @@ from .pruner import PRUNER_STATE_NAME, Pruner
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PruningTrainerCallback"]
+__all__ = ["PruningTrainerCallback", "add_pruning_callback"]
 
 
 class PruningTrainerCallback(TrainerCallback):
@@ -87,6 +87,15 @@ class PruningTrainerCallback(TrainerCallback):
             f"{[c for c in candidates if isinstance(c, str)]}; pass PruningTrainerCallback(config, "
             "resume_from=<checkpoint folder>) when the checkpoint lives outside output_dir"
         )
+
+
+def add_pruning_callback(trainer, config: Union[PruningConfig, dict, str]) -> PruningTrainerCallback:
+    """Add a ``PruningTrainerCallback`` ahead of the Trainer's other callbacks. ``Trainer(callbacks=[...])``
+    places user callbacks after the reporting integrations, so TensorBoard or W&B would log before
+    ``sparsity`` is added; first in line, every integration sees it."""
+    callback = PruningTrainerCallback(config)
+    trainer.callback_handler.callbacks.insert(0, callback)
+    return callback
 
 
 def _unscale_gradients(optimizer) -> None:

@@ -116,3 +116,21 @@ def test_config_from_dict_and_yaml(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("pruning:\n  pattern: '1x1'\n")
     assert PruningTrainerCallback(str(recipe)).config.pattern == "1x1"
+
+
+def test_add_pruning_callback_puts_sparsity_before_reporting_integrations(tmp_path):
+    from transformers import TrainerCallback
+
+    from hf_prune import add_pruning_callback
+
+    class Reporter(TrainerCallback):  # stands for TensorBoardCallback: registered before user callbacks
+        seen = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.seen.append(dict(logs))
+
+    trainer = Trainer(model=tiny_bert_qa(), args=_args(tmp_path, max_steps=4, logging_steps=2),
+                      train_dataset=QADataset(32), callbacks=[Reporter()])
+    add_pruning_callback(trainer, PruningConfig(target_sparsity=0.5, start_step=1, end_step=2, frequency=1))
+    trainer.train()
+    assert [entry["sparsity"] for entry in Reporter.seen if "loss" in entry] == [0.5, 0.5]

@@ -1,0 +1,54 @@
+"""Helpers shared by the benchmarks: the bert-mini-shaped model, synthetic batches, step timing."""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+from transformers import AutoConfig, AutoModelForQuestionAnswering, BertConfig, TrainerCallback
+
+SHARED = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+BERT_MINI_CONFIG = os.path.join(SHARED, "models", "bert-mini-config")
+
+
+def bert_mini_config():
+    """bert-mini's config from ../shared, or the same shape built here (4 layers, 256 hidden, 4 heads, FFN 1024)."""
+    if os.path.isdir(BERT_MINI_CONFIG):
+        return AutoConfig.from_pretrained(BERT_MINI_CONFIG), "../shared/models/bert-mini-config"
+    return BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024), "built"
+
+
+def qa_model(config, seed: int = 0):
+    torch.manual_seed(seed)
+    return AutoModelForQuestionAnswering.from_config(config)
+
+
+class SyntheticQA(torch.utils.data.Dataset):
+    def __init__(self, size: int, seq_len: int, vocab: int, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1000, vocab, (size, seq_len), generator=generator)
+        self.positions = torch.randint(0, seq_len, (size, 2), generator=generator)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]),
+                "start_positions": self.positions[i, 0], "end_positions": self.positions[i, 1]}
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step, from one step end to the next."""
+
+    def __init__(self) -> None:
+        self.times, self._last = [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._last)
+
+    def median(self, skip: int = 3) -> float:
+        return statistics.median(self.times[skip:])
