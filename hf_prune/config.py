@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
+from .config_io import JsonConfigMixin
 from .criteria import CRITERIA
 from .patterns import get_pattern
 from .schedules import SCHEDULES
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["PruningConfig", "CONFIG_NAME", "DEFAULT_EXCLUDE", "load_yaml"]
 
@@ -51,7 +48,7 @@ def load_yaml(path: str) -> Dict[str, Any]:
 
 
 @dataclass
-class PruningConfig:
+class PruningConfig(JsonConfigMixin):
     """What to prune, how and when. See README "Configuration reference" for every field.
 
     ``groups`` holds partial configs (each with its own ``include``) that override fields for the modules
@@ -75,6 +72,9 @@ class PruningConfig:
     exclude: List[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     groups: List[Dict[str, Any]] = field(default_factory=list)
     name: Optional[str] = None
+
+    config_name: ClassVar[str] = CONFIG_NAME
+    config_kind: ClassVar[str] = "pruning"
 
     def __post_init__(self) -> None:
         if isinstance(self.target_sparsity, bool) or not isinstance(self.target_sparsity, (int, float)):
@@ -143,7 +143,7 @@ class PruningConfig:
     def _group_config(self, index: int, group: Any) -> "PruningConfig":
         if not isinstance(group, dict):
             raise ValueError(f"groups[{index}] must be a mapping of config fields, got {group!r}")
-        unknown = set(group) - {f.name for f in dataclasses.fields(self)} - {"name"}
+        unknown = set(group) - set(self.field_names())
         if "groups" in group:
             raise ValueError(f"groups[{index}] cannot contain nested 'groups'")
         if unknown:
@@ -168,47 +168,10 @@ class PruningConfig:
         resolved = self.start_step if self.schedule == "oneshot" else max(end_step, self.start_step)
         return dataclasses.replace(self, end_step=resolved)
 
-    # ---- serialisation ------------------------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any], source: str = "config") -> "PruningConfig":
-        """Strict: an unknown key is a typo in user input and fails naming the key and ``source``."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{source}: a pruning config must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            allowed = ", ".join(f.name for f in dataclasses.fields(cls))
-            raise ValueError(f"{source}: unknown pruning config key(s) {unknown}; allowed: {allowed}")
-        return cls(**data)
-
+    # ---- serialisation (to_dict, from_dict, save_pretrained, from_pretrained: JsonConfigMixin) ---------
     @classmethod
     def from_yaml(cls, path: str) -> "PruningConfig":
         """Load a YAML file; if it is a recipe with a ``pruning:`` section, that section is the config."""
         data = load_yaml(path)
         section = data.get("pruning", data) if isinstance(data.get("pruning"), dict) else data
         return cls.from_dict(section, source=path)
-
-    def save_pretrained(self, save_directory: str) -> str:
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, CONFIG_NAME)
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str) -> "PruningConfig":
-        """Load ``pruning_config.json`` from a folder (or the file itself). Keys written by a newer
-        hf_prune are dropped with a warning so old installs can still read new checkpoints."""
-        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise ValueError(f"no {CONFIG_NAME} found at {path!r}")
-        with open(file, encoding="utf-8") as handle:
-            data = json.load(handle)
-        known = {f.name for f in dataclasses.fields(cls)}
-        dropped = sorted(set(data) - known)
-        if dropped:
-            logger.warning("ignoring unknown keys %s in %s (written by a newer hf_prune?)", dropped, file)
-        return cls(**{key: value for key, value in data.items() if key in known})
