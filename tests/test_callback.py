@@ -134,3 +134,21 @@ def test_add_pruning_callback_puts_sparsity_before_reporting_integrations(tmp_pa
     add_pruning_callback(trainer, PruningConfig(target_sparsity=0.5, start_step=1, end_step=2, frequency=1))
     trainer.train()
     assert [entry["sparsity"] for entry in Reporter.seen if "loss" in entry] == [0.5, 0.5]
+
+
+def test_fp16_scaled_gradients_are_unscaled_before_scoring():
+    from types import SimpleNamespace
+
+    from hf_prune.callback import _unscale_gradients
+
+    layer = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(layer(torch.ones(1, 4)).sum()).backward()
+    assert torch.allclose(layer.weight.grad, torch.full((4, 4), 1024.0))
+    wrapped = SimpleNamespace(scaler=scaler, optimizer=optimizer)  # the shape of accelerate's AcceleratedOptimizer
+    _unscale_gradients(wrapped)
+    assert torch.allclose(layer.weight.grad, torch.ones(4, 4))
+    _unscale_gradients(wrapped)  # already unscaled this step (as after gradient clipping): left alone
+    assert torch.allclose(layer.weight.grad, torch.ones(4, 4))
+    scaler.step(optimizer)  # the optimizer step still works on the unscaled gradients

@@ -99,17 +99,21 @@ def test_sequence_classification_fold(tmp_path):
                                    atol=1e-5, rtol=0)
 
 
-def test_with_pruning_callback_student_sparse_teacher_dense(tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_with_pruning_callback_student_sparse_teacher_dense(tmp_path, bf16):
     student, teacher = tiny_bert_qa(seed=1), tiny_bert_qa(seed=2)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     callback = PruningTrainerCallback(PruningConfig(target_sparsity=0.5, start_step=1, end_step=4, frequency=1))
-    trainer = _trainer(tmp_path, student, teacher, method="reused_classifier", callbacks=[callback])
+    trainer = _trainer(tmp_path, student, teacher, method="reused_classifier", callbacks=[callback], bf16=bf16,
+                       gradient_accumulation_steps=2)
     trainer.train()
     assert callback.pruner.sparsity() == pytest.approx(0.5, abs=0.01)
     assert not any(name.startswith("qa_outputs") for name in callback.pruner.masks)
     assert callback.pruner.sparsity_report().pruned_sparsity == pytest.approx(0.5, abs=0.01)  # zeros in the student
     assert all((teacher.get_submodule(name).weight == 0).sum() == 0 for name in callback.pruner.masks)
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in teacher_before.items())
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses and all(torch.isfinite(torch.tensor(loss)) for loss in losses)
 
 
 def test_resume_restores_unfolded_head_exactly(tmp_path):
