@@ -56,6 +56,9 @@ class DistillationTrainer(Trainer):
     in every saved model and checkpoint; checkpoints also hold the unfolded head for exact resumption.
     """
 
+    # compute_loss returns a per-batch mean: the Trainer must divide it by the accumulation steps itself
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args, teacher_model: nn.Module, distillation_config: Optional[DistillationConfig] = None,
                  **kwargs) -> None:
         config = distillation_config or DistillationConfig()

@@ -148,3 +148,24 @@ def test_refusals():
         DistillationTrainer(model=tiny_bert_qa(), teacher_model=base, args=_args("/tmp/x"))
     with pytest.raises(ValueError, match="supports \\*ForQuestionAnswering"):
         DistillationTrainer(model=torch.nn.Linear(2, 2), teacher_model=tiny_bert_qa(), args=_args("/tmp/x"))
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    """Two micro-batches of 4 accumulate to the same update as one batch of 8 (loss is a per-batch mean)."""
+    def first_update(batch_size, accumulation):
+        dataset = ClassificationDataset(size=8)
+        torch.manual_seed(0)
+        student = BertForSequenceClassification(tiny_bert_config(num_labels=2, hidden_dropout_prob=0.0,
+                                                                 attention_probs_dropout_prob=0.0))
+        teacher = BertForSequenceClassification(tiny_bert_config(num_labels=2))
+        before = student.classifier.weight.clone()
+        trainer = DistillationTrainer(model=student, teacher_model=teacher,
+                                      distillation_config=DistillationConfig(hard_label_weight=1.0),
+                                      args=_args(tmp_path, max_steps=1, per_device_train_batch_size=batch_size,
+                                                 gradient_accumulation_steps=accumulation, optim="sgd",
+                                                 learning_rate=1.0, max_grad_norm=0.0),
+                                      train_dataset=dataset)
+        trainer.train()
+        return student.classifier.weight - before
+
+    torch.testing.assert_close(first_update(4, 2), first_update(8, 1), atol=1e-5, rtol=1e-4)
