@@ -55,15 +55,15 @@ def main() -> None:
     plain, pruned = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(options.repeats):
-            plain.append(run(config, options.steps, False, tmp)[0].median())
+            plain.append(run(config, options.steps, False, tmp)[0].mean())
             timer, callback = run(config, options.steps, True, tmp)
-            pruned.append(timer.median())
+            pruned.append(timer.mean())
     extra, weights = pruner_bytes(callback.pruner)
     plain_s, pruned_s = min(plain), min(pruned)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"model: bert-mini shape ({source}), batch 16, seq 128, {options.steps} steps x {options.repeats} repeats")
-    print(f"median step without callback: {plain_s:.4f} s  (runs: {', '.join(f'{t:.4f}' for t in plain)})")
-    print(f"median step with callback:    {pruned_s:.4f} s  (runs: {', '.join(f'{t:.4f}' for t in pruned)})")
+    print(f"mean step without callback: {plain_s:.4f} s  (runs: {', '.join(f'{t:.4f}' for t in plain)})")
+    print(f"mean step with callback:    {pruned_s:.4f} s  (runs: {', '.join(f'{t:.4f}' for t in pruned)})")
     print(f"time ratio (with / without): {pruned_s / plain_s:.3f}   target <= 1.05")
     print(f"final sparsity: {callback.pruner.sparsity():.4f}")
     print(f"pruner extra bytes: {extra:,} / pruned weight bytes: {weights:,} = {extra / weights:.3f}   target <= 0.6")

@@ -37,7 +37,7 @@ def run(config, steps: int, method, output_dir: str):
                                       distillation_config=DistillationConfig(method=method, hard_label_weight=1.0),
                                       **common)
     trainer.train()
-    return timer.median(), trainer
+    return timer.mean(), trainer
 
 
 def parameter_bytes(module) -> int:
@@ -67,7 +67,7 @@ def main() -> None:
     for method in methods:
         best = min(times[method])
         label = "plain Trainer" if method is None else f"DistillationTrainer ({method})"
-        print(f"{label:40s} median step {best:.4f} s  ratio {best / plain:.3f}  "
+        print(f"{label:40s} mean step {best:.4f} s  ratio {best / plain:.3f}  "
               f"(runs: {', '.join(f'{t:.4f}' for t in times[method])})   target <= 1.4")
     print(f"extra parameter memory: teacher {teacher_bytes:,} B ({teacher_bytes / student_bytes:.2f}x the student); "
           f"SimKD projector {simkd_bytes:,} B")

@@ -2,6 +2,7 @@
 from .callback import PruningTrainerCallback, add_pruning_callback
 from .config import PruningConfig
 from .criteria import CRITERIA
+from .distillation import DistillationConfig, DistillationTrainer
 from .patterns import PATTERN_FAMILIES, get_pattern
 from .pruner import Pruner
 from .report import SparsityReport, sparsity_report
@@ -11,6 +12,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CRITERIA",
+    "DistillationConfig",
+    "DistillationTrainer",
     "PATTERN_FAMILIES",
     "SCHEDULES",
     "Pruner",

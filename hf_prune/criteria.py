@@ -45,7 +45,7 @@ class Snip(Criterion):
     (SNIP, Lee et al., arXiv 1810.02340)."""
 
     def element_scores(self, weight, grad):
-        return (weight.detach().float() * grad.detach().float()).abs()
+        return (weight.detach().float() * grad.detach().float()).abs_()
 
 
 class SnipMomentum(Snip):

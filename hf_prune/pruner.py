@@ -132,21 +132,30 @@ class Pruner:
     def update_scores(self) -> None:
         """Fold this step's criterion into the running block scores. Call after the gradients are final
         (after accumulation and unscaling) and before ``optimizer.step()``. A step whose gradients are not
-        finite (an fp16 overflow the optimizer will skip) leaves the scores unchanged, without a host sync."""
+        finite (an fp16 overflow the optimizer will skip) leaves every score unchanged."""
+        updates = []
         for group in self.groups:
             if not group.criterion.needs_gradient:
                 continue
             for name in group.names:
                 weight = self.modules[name].weight
-                if weight.grad is None:
-                    continue
-                element = group.criterion.element_scores(weight, weight.grad)
-                block = group.pattern.reduce(element, group.config.block_reduce)
-                score = self.scores[name]
-                if score.device != block.device:
-                    score = self.scores[name] = score.to(block.device)
-                updated = block if group.momentum == 0.0 else score.mul(group.momentum).add_(block)
-                score.copy_(torch.where(torch.isfinite(block).all(), updated, score))
+                if weight.grad is not None:
+                    element = group.criterion.element_scores(weight, weight.grad)
+                    updates.append((name, group.momentum, group.pattern.reduce(element, group.config.block_reduce)))
+        if not updates:
+            return
+        # one check for the whole step: a sum is inf/nan as soon as any of its terms is
+        if not bool(torch.isfinite(torch.stack([block.sum().to(updates[0][2].device) for _, _, block in updates]).sum())):
+            logger.warning("non-finite gradients: scores left unchanged this step")
+            return
+        for name, momentum, block in updates:
+            score = self.scores[name]
+            if score.device != block.device:
+                score = self.scores[name] = score.to(block.device)
+            if momentum == 0.0:
+                score.copy_(block)
+            else:
+                score.mul_(momentum).add_(block)
 
     @torch.no_grad()
     def apply_masks(self) -> None:
