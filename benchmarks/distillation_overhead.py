@@ -33,7 +33,9 @@ def run(config, steps: int, method, output_dir: str):
     if method is None:
         trainer = Trainer(**common)
     else:
-        trainer = DistillationTrainer(teacher_model=qa_model(config, seed=1),
+        teacher = qa_model(config, seed=1)
+        teacher.config.architectures = [type(teacher).__name__]  # a random stand-in for a fine-tuned QA teacher
+        trainer = DistillationTrainer(teacher_model=teacher,
                                       distillation_config=DistillationConfig(method=method, hard_label_weight=1.0),
                                       **common)
     trainer.train()
