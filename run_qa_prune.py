@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 from urllib.parse import urlparse
 
 import datasets
@@ -32,6 +32,7 @@ from transformers import (
     EvalPrediction,
     HfArgumentParser,
     PreTrainedTokenizerFast,
+    TrainerCallback,
     TrainingArguments,
     default_data_collator,
     set_seed,
@@ -319,7 +320,7 @@ def tokenize_splits(raw, tokenizer, data_args: DataTrainingArguments, training_a
 
 # ---- trainer ------------------------------------------------------------------------------------------------
 def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_config, distillation, teacher_name,
-                  model_args):
+                  model_args, make_pruning_callback: Callable[[PruningConfig], TrainerCallback] = PruningTrainerCallback):
     train_features, eval_examples, eval_features, _, _ = splits
 
     def post_process(examples, features, logits, stage="eval"):
@@ -347,7 +348,7 @@ def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_co
         trainer = QuestionAnsweringDistillationTrainer(teacher_model=teacher,
                                                        distillation_config=DistillationConfig(**distillation), **common)
     if pruning_config is not None:
-        add_pruning_callback(trainer, pruning_config)
+        add_pruning_callback(trainer, make_pruning_callback(pruning_config))
     return trainer
 
 
@@ -356,7 +357,11 @@ def pruning_callback(trainer) -> Optional[PruningTrainerCallback]:
 
 
 # ---- main ----------------------------------------------------------------------------------------------------
-def main(argv: Optional[List[str]] = None) -> dict:
+def main(argv: Optional[List[str]] = None,
+         make_pruning_callback: Callable[[PruningConfig], TrainerCallback] = PruningTrainerCallback) -> dict:
+    """Parse ``argv`` (default ``sys.argv[1:]``), train, evaluate, save; returns the metrics. Benchmarks pass
+    another ``make_pruning_callback`` (e.g. a wrapper of another library's pruner) to compare pruners in
+    otherwise identical runs."""
     argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, prune_args, distill_args, training_args, recipe_path, recipe = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
@@ -373,7 +378,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     tokenizer, model = load_model_and_tokenizer(model_args)
     splits = tokenize_splits(raw, tokenizer, data_args, training_args)
     trainer = build_trainer(model, tokenizer, training_args, data_args, splits, pruning_config, distillation,
-                            distill_args.teacher_model_name_or_path, model_args)
+                            distill_args.teacher_model_name_or_path, model_args, make_pruning_callback)
 
     metrics = {}
     if training_args.do_train:

@@ -32,6 +32,7 @@ class INCPruningCallback(TrainerCallback):
     def __init__(self, weight_pruning_config) -> None:
         self.weight_pruning_config = weight_pruning_config
         self.manager = None
+        self.reported_sparsity: Optional[dict] = None  # INC's own figures at train end
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         from neural_compressor.training import prepare_compression
@@ -54,7 +55,12 @@ class INCPruningCallback(TrainerCallback):
         self.manager.callbacks.on_step_end()
 
     def on_train_end(self, args, state, control, **kwargs):
+        from neural_compressor.compression.pruner.utils import get_sparsity_ratio
+
         self.manager.callbacks.on_train_end()
+        pruning = self.manager.callbacks.callbacks_list[0]
+        names = ("elementwise_over_matmul_gemm_conv", "elementwise_over_all", "blockwise_over_matmul_gemm_conv")
+        self.reported_sparsity = dict(zip(names, map(float, get_sparsity_ratio(pruning.pruners, pruning.model))))
 
 
 __all__ = ["INCPruningCallback", "inc_config"]

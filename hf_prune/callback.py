@@ -89,11 +89,12 @@ class PruningTrainerCallback(TrainerCallback):
         )
 
 
-def add_pruning_callback(trainer, config: Union[PruningConfig, dict, str]) -> PruningTrainerCallback:
-    """Add a ``PruningTrainerCallback`` ahead of the Trainer's other callbacks. ``Trainer(callbacks=[...])``
-    places user callbacks after the reporting integrations, so TensorBoard or W&B would log before
-    ``sparsity`` is added; first in line, every integration sees it."""
-    callback = PruningTrainerCallback(config)
+def add_pruning_callback(trainer, config: Union[PruningConfig, dict, str, TrainerCallback]) -> TrainerCallback:
+    """Add a ``PruningTrainerCallback`` (built from ``config``, or ``config`` itself when it already is a
+    callback) ahead of the Trainer's other callbacks. ``Trainer(callbacks=[...])`` places user callbacks after
+    the reporting integrations, so TensorBoard or W&B would log before ``sparsity`` is added; first in line,
+    every integration sees it."""
+    callback = config if isinstance(config, TrainerCallback) else PruningTrainerCallback(config)
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback
 

@@ -20,10 +20,14 @@ def test_inc_callback_prunes_inside_the_trainer(tmp_path):
     model = tiny_bert_qa(seed=2)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=6, learning_rate=1e-3,
                              save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
-    Trainer(model=model, args=args, train_dataset=QADataset(48), callbacks=[INCPruningCallback(inc_config(config))]).train()
+    callback = INCPruningCallback(inc_config(config))
+    Trainer(model=model, args=args, train_dataset=QADataset(48), callbacks=[callback]).train()
     report = sparsity_report(model)
     encoder = [row for row in report.layers if "encoder" in row.name]
     sparsity = sum(r.zeros for r in encoder) / sum(r.numel for r in encoder)
     assert sparsity == pytest.approx(0.5, abs=0.05)
+    # INC's "elementwise_over_matmul_gemm_conv" counts zeros over every Linear weight, as our all-Linear total
+    assert callback.reported_sparsity["elementwise_over_matmul_gemm_conv"] == pytest.approx(report.linear_sparsity,
+                                                                                            abs=1e-6)
     assert all(row.zeros == 0 for row in report.layers if row.name == "qa_outputs")
     assert torch.isfinite(model.qa_outputs.weight).all()

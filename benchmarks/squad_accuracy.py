@@ -1,0 +1,174 @@
+"""SQuAD accuracy on the offline split in ../shared: hf_prune vs Intel Neural Compressor's pruner, one run per command.
+
+Every run is ``run_qa_prune.main`` with a recipe from ``recipes/all-MiniLM-L6-v2/``: same data, tokenization,
+loss, distillation, optimizer and step budget; the INC runs only swap hf_prune's callback for INC 3.7.1's pruner
+(``benchmarks/inc_pruning.py``), configured with the same target, pattern, criterion and steps and INC's own
+defaults otherwise. Start with ``dense`` (the teacher, and the student's starting point for every pruned run)::
+
+    python benchmarks/squad_accuracy.py dense
+    python benchmarks/squad_accuracy.py hf-4x1-kd
+    inc-venv/bin/python benchmarks/squad_accuracy.py inc-4x1-kd     # INC lives in its own venv (RESULTS.md)
+    python benchmarks/squad_accuracy.py --table                     # markdown rows of every finished run
+
+A run writes ``benchmarks/runs/<name>/`` (the run_qa_prune output folder) and, only when it finishes,
+``benchmark.json`` there: an interrupted run leaves no row. Arguments after ``--`` go to run_qa_prune (e.g.
+``-- --max_steps 3 --max_eval_samples 20`` for a smoke check); such runs go to ``benchmarks/runs/smoke/``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+RUNS_DIR = os.path.join("benchmarks", "runs")
+MINILM = os.path.join("..", "shared", "models", "all-MiniLM-L6-v2")
+DENSE = os.path.join(RUNS_DIR, "dense")
+RECIPES = os.path.join("recipes", "all-MiniLM-L6-v2")
+ROW_NAME = "benchmark.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    recipe: str
+    student: str = DENSE
+    teacher: Optional[str] = DENSE
+    pruner: str = "hf_prune"          # or "inc"
+    extra: Tuple[str, ...] = field(default_factory=tuple)
+
+
+RUNS = {
+    "dense": Run("dense.yaml", student=MINILM, teacher=None),
+    "hf-4x1-kd": Run("4x1.yaml"),
+    "inc-4x1-kd": Run("4x1.yaml", pruner="inc"),
+    "hf-2-4-kd": Run("2-4.yaml"),
+    "inc-2-4-kd": Run("2-4.yaml", pruner="inc"),
+    "hf-4x1-simkd": Run("4x1.yaml", extra=("--distill_method", "reused_classifier")),
+    "hf-4x1-nokd": Run("4x1.yaml", teacher=None),
+    "hf-slim-kd": Run("slim.yaml"),
+}
+
+
+def run_arguments(name: str, run: Run, output_dir: str, passthrough: List[str]) -> List[str]:
+    argv = ["--model_name_or_path", run.student, "--recipe", os.path.join(RECIPES, run.recipe),
+            "--output_dir", output_dir, *run.extra]
+    if run.teacher:
+        argv += ["--teacher_model_name_or_path", run.teacher]
+    return argv + passthrough
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def execute(name: str, passthrough: List[str]) -> dict:
+    import run_qa_prune
+
+    run = RUNS[name]
+    if run.student == DENSE and not os.path.isfile(os.path.join(DENSE, "model.safetensors")):
+        raise SystemExit(f"run {name!r} starts from (and distils from) the dense run: run 'dense' first")
+    output_dir = os.path.join(RUNS_DIR, "smoke" if passthrough else "", name)
+    argv = run_arguments(name, run, output_dir, passthrough)
+    make_callback = run_qa_prune.PruningTrainerCallback
+    inc_callbacks = []
+    if run.pruner == "inc":
+        from inc_pruning import INCPruningCallback, inc_config
+
+        def make_callback(config):
+            inc_callbacks.append(INCPruningCallback(inc_config(config)))
+            return inc_callbacks[-1]
+
+    started = time.time()
+    metrics = run_qa_prune.main(argv, make_pruning_callback=make_callback)
+    wall = time.time() - started
+    import torch
+    import transformers
+
+    row = {
+        "run": name, "pruner": "INC 3.7.1" if run.pruner == "inc" else "hf_prune",
+        "pattern": metrics.get("pruning_pattern"),
+        "sparsity_pruned_layers": metrics.get("sparsity_pruned_layers"),
+        "sparsity_all_linear": metrics.get("sparsity_all_linear"),
+        "inc_reported_sparsity": inc_callbacks[0].reported_sparsity if inc_callbacks else None,
+        "exact_match": metrics.get("eval_exact_match"), "f1": metrics.get("eval_f1"),
+        "train_seconds": metrics.get("train_runtime"),
+        "seconds_per_step": 1.0 / metrics["train_steps_per_second"] if metrics.get("train_steps_per_second") else None,
+        "wall_seconds": wall,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "command": " ".join(["python", "benchmarks/squad_accuracy.py", name] + (["--", *passthrough] if passthrough else [])),
+        "run_qa_prune_arguments": argv, "commit": commit(), "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"transformers {transformers.__version__}",
+    }
+    with open(os.path.join(output_dir, ROW_NAME), "w", encoding="utf-8") as handle:
+        json.dump(row, handle, indent=2)
+        handle.write("\n")
+    return row
+
+
+def table(names: List[str]) -> str:
+    """Markdown rows of the finished runs, with delta F1 to the dense run."""
+    rows = {}
+    for name in names:
+        path = os.path.join(RUNS_DIR, name, ROW_NAME)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                rows[name] = json.load(handle)
+    dense_f1 = rows["dense"]["f1"] if "dense" in rows else None
+    lines = ["| run | pruner | pattern | target | sparsity (pruned layers) | sparsity (all Linear) | EM | F1 | "
+             "ΔF1 vs dense | wall time | s/step | peak RSS | commit | date |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        target = _target(RUNS[name])
+        delta = "—" if dense_f1 is None or name == "dense" else f"{row['f1'] - dense_f1:+.2f}"
+        lines.append(
+            f"| `{name}` | {row['pruner']} | {row['pattern']} | {target} | {row['sparsity_pruned_layers']:.4f} | "
+            f"{row['sparsity_all_linear']:.4f} | {row['exact_match']:.2f} | {row['f1']:.2f} | {delta} | "
+            f"{row['wall_seconds'] / 60:.1f} min | {row['seconds_per_step']:.2f} | {row['peak_rss_mib'] / 1024:.1f} GiB | "
+            f"{row['commit']} | {row['date']} |")
+    return "\n".join(lines)
+
+
+def _target(run: Run) -> str:
+    """Target sparsity of each pruning group of the run's recipe ("0" for dense)."""
+    from hf_prune.config import load_yaml
+
+    top = load_yaml(os.path.join(RECIPES, run.recipe)).get("pruning")
+    if not top:
+        return "0"
+    return ", ".join(f"{group.get('pattern', top.get('pattern'))} {group.get('target_sparsity', top.get('target_sparsity'))}"
+                     for group in [*(top.get("groups") or []), top])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", choices=sorted(RUNS), help="which run")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of finished runs")
+    argv = sys.argv[1:]
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    os.chdir(ROOT)
+    if options.table:
+        print(table(list(RUNS)))
+    elif options.run:
+        print(json.dumps(execute(options.run, passthrough), indent=2))
+    else:
+        parser.error("name a run or give --table")
+
+
+if __name__ == "__main__":
+    main()
