@@ -10,6 +10,10 @@ pruning each unit, and a set of pruned units back into an element mask. Scores c
 ``"N:M"`` — semi-structured, the NVIDIA / ``torch.sparse`` convention: at most N non-zeros in every M
 consecutive weights along the input dimension. A unit is one group of M weights; pruning it removes its
 M - N lowest-scoring weights, so a layer can be at most ``1 - N/M`` sparse.
+
+``"head"`` / ``"channel"`` — structured: a unit is a whole attention head or FFN channel, which spans several
+Linear modules (:mod:`hf_prune.architectures` says which); pruned units can be removed for real
+(:func:`hf_prune.slim`).
 """
 from __future__ import annotations
 
@@ -21,18 +25,28 @@ import torch
 
 from .registry import Registry
 
-__all__ = ["Pattern", "BlockPattern", "SemiStructuredPattern", "PATTERN_FAMILIES", "get_pattern"]
+__all__ = ["Pattern", "WeightPattern", "BlockPattern", "SemiStructuredPattern", "StructuredPattern",
+           "PATTERN_FAMILIES", "get_pattern"]
 
 
 class Pattern(ABC):
     """Geometry of one pattern. Subclasses are stateless and cheap to build."""
 
     name: str
+    #: True when a unit spans several modules (heads, channels) rather than lying inside one weight
+    structured: bool = False
 
     @property
     def max_sparsity(self) -> float:
         """Largest sparsity a layer can reach with this pattern."""
         return 1.0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class WeightPattern(Pattern):
+    """A pattern whose units lie inside one weight: each Linear is ranked and masked on its own."""
 
     @abstractmethod
     def check_shape(self, layer_name: str, shape: Tuple[int, ...]) -> None:
@@ -59,11 +73,8 @@ class Pattern(ABC):
     def build_mask(self, block_scores: torch.Tensor, pruned_units: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
         """Element keep-mask (bool, weight-shaped) with ``pruned_units`` (1-D bool) removed."""
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r})"
 
-
-class BlockPattern(Pattern):
+class BlockPattern(WeightPattern):
     """``NxM``: blocks of ``rows`` output rows x ``cols`` input columns."""
 
     syntax = "'NxM' blocks of N output rows x M input columns (e.g. '4x1', '2x2', '1x4'; '1x1' = unstructured)"
@@ -113,7 +124,7 @@ class BlockPattern(Pattern):
         return keep.repeat_interleave(self.rows, dim=0).repeat_interleave(self.cols, dim=1)
 
 
-class SemiStructuredPattern(Pattern):
+class SemiStructuredPattern(WeightPattern):
     """``N:M``: at most ``n`` non-zeros in each group of ``m`` consecutive weights along the input dimension."""
 
     syntax = "'N:M' semi-structured, at most N non-zeros in every M inputs (e.g. '2:4', '1:4', '4:8')"
@@ -167,9 +178,45 @@ class SemiStructuredPattern(Pattern):
         return ~drop.view(shape)
 
 
+class StructuredPattern(Pattern):
+    """``"head"`` (attention heads) or ``"channel"`` (FFN channels; INC's name ``"channelx1"`` is an alias).
+
+    A unit is ``unit_size`` consecutive output rows of each *row* module (query/key/value, or the FFN up
+    projection), with their biases, plus the same input columns of each *column* module (attention output, or
+    the FFN down projection). Its score is the sum of its members' element scores.
+    """
+
+    syntax = "'head' (whole attention heads) or 'channel' (FFN channels, alias 'channelx1')"
+    structured = True
+    _aliases = {"head": "head", "heads": "head", "channel": "channel", "channelx1": "channel"}
+    ROLES = ("rows", "columns")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = self.name = kind
+
+    @classmethod
+    def parse(cls, name: str) -> Optional["StructuredPattern"]:
+        kind = cls._aliases.get(name)
+        return cls(kind) if kind else None
+
+    def unit_scores(self, element_scores: torch.Tensor, role: str, unit_size: int) -> torch.Tensor:
+        """1-D score per unit of one member module: the sum over the unit's rows or columns."""
+        out, inp = element_scores.shape
+        if role == "rows":
+            return element_scores.view(out // unit_size, unit_size * inp).sum(dim=1)
+        return element_scores.view(out, inp // unit_size, unit_size).sum(dim=(0, 2))
+
+    def unit_mask(self, keep_units: torch.Tensor, role: str, unit_size: int, shape: Tuple[int, int]) -> torch.Tensor:
+        """Element keep-mask of one member module from the 1-D keep-mask of its block's units."""
+        keep = keep_units.repeat_interleave(unit_size)
+        mask = keep.view(-1, 1).expand(shape) if role == "rows" else keep.view(1, -1).expand(shape)
+        return mask.contiguous()
+
+
 PATTERN_FAMILIES: Registry = Registry("pattern family")
 PATTERN_FAMILIES.register("block", BlockPattern)
 PATTERN_FAMILIES.register("semi_structured", SemiStructuredPattern)
+PATTERN_FAMILIES.register("structured", StructuredPattern)
 
 
 def get_pattern(name: str) -> Pattern:

@@ -17,12 +17,13 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .architectures import StructuredBlock, find_blocks
 from .config import PruningConfig
 from .criteria import Criterion, get_criterion
 from .patterns import Pattern, get_pattern
@@ -34,21 +35,45 @@ logger = logging.getLogger(__name__)
 __all__ = ["Pruner", "PRUNER_STATE_NAME"]
 
 PRUNER_STATE_NAME = "pruner_state.safetensors"
+#: prefix of a tensor in the saved state -> the Pruner attribute it restores
+_STATE_KEYS = {"mask": "masks", "bias_mask": "bias_masks", "score": "scores"}
 
 
 @dataclass
 class PruningGroup:
-    """Modules that share one pattern, criterion, schedule and ranking scope."""
+    """Modules that share one pattern, criterion, schedule and ranking scope.
+
+    Ranking entries are the modules themselves for weight patterns (NxM, N:M) and the ``blocks`` (attention
+    blocks, FFNs) for structured patterns, whose units span several modules.
+    """
 
     config: PruningConfig
     pattern: Pattern
     criterion: Criterion
     schedule: PruningSchedule
     names: List[str]
+    blocks: List[StructuredBlock] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.roles: Dict[str, Tuple[StructuredBlock, str]] = {
+            member: (block, role) for block in self.blocks
+            for role, members in (("rows", block.rows), ("columns", block.columns)) for member in members}
 
     @property
     def momentum(self) -> float:
         return self.config.momentum if self.criterion.uses_momentum else 0.0
+
+    def score_shape(self, name: str, weight_shape: Tuple[int, int]) -> Tuple[int, ...]:
+        if name in self.roles:
+            return (self.roles[name][0].num_units,)
+        return self.pattern.score_shape(weight_shape)
+
+    def reduce(self, name: str, element_scores: torch.Tensor) -> torch.Tensor:
+        """Element scores of module ``name`` -> its stored scores (per block, or per structured unit)."""
+        if name in self.roles:
+            block, role = self.roles[name]
+            return self.pattern.unit_scores(element_scores, role, block.unit_size)
+        return self.pattern.reduce(element_scores, self.config.block_reduce)
 
 
 class Pruner:
@@ -65,19 +90,22 @@ class Pruner:
         self.modules: Dict[str, nn.Linear] = {}
         self.groups: List[PruningGroup] = self._build_groups(model, config)
         self.masks: Dict[str, torch.Tensor] = {}
+        self.bias_masks: Dict[str, torch.Tensor] = {}  # structured patterns: biases of the units' output rows
         self.scores: Dict[str, torch.Tensor] = {}
         for group in self.groups:
             for name in group.names:
-                weight = self.modules[name].weight
-                self.masks[name] = torch.ones_like(weight, dtype=torch.bool)
+                module = self.modules[name]
+                self.masks[name] = torch.ones_like(module.weight, dtype=torch.bool)
                 if group.criterion.needs_gradient:
-                    shape = group.pattern.score_shape(tuple(weight.shape))
-                    self.scores[name] = torch.zeros(shape, dtype=torch.float32, device=weight.device)
+                    shape = group.score_shape(name, tuple(module.weight.shape))
+                    self.scores[name] = torch.zeros(shape, dtype=torch.float32, device=module.weight.device)
+                if name in group.roles and group.roles[name][1] == "rows" and module.bias is not None:
+                    self.bias_masks[name] = torch.ones_like(module.bias, dtype=torch.bool)
         self.last_event_step: Optional[int] = None
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _build_groups(self, model: nn.Module, config: PruningConfig) -> List[PruningGroup]:
-        linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+        linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
         if not linears:
             raise ValueError(f"{type(model).__name__} has no nn.Linear module to prune")
         claimed: Dict[str, str] = {}
@@ -85,25 +113,31 @@ class Pruner:
         group_configs = config.resolved_groups()
         for index, group_config in enumerate(group_configs):
             is_default = index == len(group_configs) - 1
-            selected = self._select(linears, group_config, claimed)
+            pattern = get_pattern(group_config.pattern)
+            selected = self._select(list(linears), group_config, claimed)
+            blocks = self._structured_blocks(model, pattern, group_config, selected) if pattern.structured else []
+            if pattern.structured:
+                selected = [member for block in blocks for member in block.members]
             if not selected and not (is_default and config.groups):
                 raise ValueError(
                     f"pruning group {group_config.name!r} selects no nn.Linear module: every module its include "
                     "matches is excluded or taken by an earlier group"
                 )
-            pattern = get_pattern(group_config.pattern)
             for name in selected:
-                pattern.check_shape(name, tuple(self.modules[name].weight.shape))
+                if not pattern.structured:
+                    pattern.check_shape(name, tuple(linears[name].weight.shape))
                 claimed[name] = group_config.name
+                self.modules[name] = linears[name]
             if selected:
                 schedule = PruningSchedule(group_config.schedule, group_config.start_step, group_config.end_step,
                                            group_config.frequency, group_config.target_sparsity)
                 groups.append(PruningGroup(group_config, pattern, get_criterion(group_config.criterion),
-                                           schedule, selected))
+                                           schedule, selected, blocks))
         return groups
 
-    def _select(self, linears, group_config: PruningConfig, claimed: Dict[str, str]) -> List[str]:
-        names = [name for name, _ in linears]
+    @staticmethod
+    def _select(names: List[str], group_config: PruningConfig, claimed: Dict[str, str]) -> List[str]:
+        """Linear modules the group's include/exclude pick, minus those an earlier group took."""
         if group_config.include is None:
             included = set(names)
         else:
@@ -117,15 +151,28 @@ class Pruner:
                         f"the model's Linear modules are named like: {sample}"
                     )
                 included |= hits
-        selected = []
-        for name, module in linears:
-            if name not in included or name in claimed:
-                continue
-            if any(re.search(regex, name) for regex in group_config.exclude):
-                continue
-            self.modules[name] = module
-            selected.append(name)
-        return selected
+        return [name for name in names if name in included and name not in claimed
+                and not any(re.search(regex, name) for regex in group_config.exclude)]
+
+    @staticmethod
+    def _structured_blocks(model: nn.Module, pattern, group_config: PruningConfig,
+                           selected: List[str]) -> List[StructuredBlock]:
+        """The attention blocks / FFNs whose modules the group selected. A unit spans all of its block's
+        modules, so a block the group selects only in part is refused rather than pruned half-way."""
+        chosen = set(selected)
+        blocks = [block for block in find_blocks(model, pattern.kind) if chosen & set(block.members)]
+        for block in blocks:
+            missing = [member for member in block.members if member not in chosen]
+            if missing:
+                raise ValueError(
+                    f"pattern {group_config.pattern!r} (group {group_config.name!r}) prunes whole units of "
+                    f"{block.name!r}, but its modules {missing} are excluded or taken by another group; "
+                    f"select all of {list(block.members)} or none"
+                )
+        if not blocks:
+            raise ValueError(f"pattern {group_config.pattern!r} (group {group_config.name!r}) found no "
+                             f"{'attention block' if pattern.kind == 'head' else 'FFN'} among the modules it selects")
+        return blocks
 
     # ---- the training-loop API --------------------------------------------------------------------
     @torch.no_grad()
@@ -141,7 +188,7 @@ class Pruner:
                 weight = self.modules[name].weight
                 if weight.grad is not None:
                     element = group.criterion.element_scores(weight, weight.grad)
-                    updates.append((name, group.momentum, group.pattern.reduce(element, group.config.block_reduce)))
+                    updates.append((name, group.momentum, group.reduce(name, element)))
         if not updates:
             return
         # one check for the whole step: a sum is inf/nan as soon as any of its terms is
@@ -159,14 +206,15 @@ class Pruner:
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Set every masked weight to exactly zero."""
+        """Set every masked weight (and, for heads and channels, the pruned units' biases) to exactly zero."""
         if self.last_event_step is None:
             return  # nothing pruned yet: all masks are ones
-        for name, mask in self.masks.items():
-            weight = self.modules[name].weight
-            if mask.device != weight.device:
-                mask = self.masks[name] = mask.to(weight.device)
-            weight.mul_(mask)
+        for masks, attribute in ((self.masks, "weight"), (self.bias_masks, "bias")):
+            for name, mask in masks.items():
+                tensor = getattr(self.modules[name], attribute)
+                if mask.device != tensor.device:
+                    mask = masks[name] = mask.to(tensor.device)
+                tensor.mul_(mask)
 
     def step(self, global_step: int) -> bool:
         """Run the pruning events scheduled for ``global_step``; returns whether any group pruned."""
@@ -186,36 +234,70 @@ class Pruner:
     def _block_scores(self, group: PruningGroup, name: str) -> torch.Tensor:
         if group.criterion.needs_gradient:
             return self.scores[name]
-        element = group.criterion.element_scores(self.modules[name].weight, None)
-        return group.pattern.reduce(element, group.config.block_reduce)
+        return group.reduce(name, group.criterion.element_scores(self.modules[name].weight, None))
 
     @torch.no_grad()
     def _prune_group(self, group: PruningGroup, sparsity: float) -> None:
-        pattern, config = group.pattern, group.config
-        per_unit = pattern.elements_per_unit
         block_scores = {name: self._block_scores(group, name) for name in group.names}
-        costs = {name: pattern.unit_costs(scores) for name, scores in block_scores.items()}
-        orders = {name: torch.sort(cost, stable=True).indices for name, cost in costs.items()}
-        sizes = {name: self.modules[name].weight.numel() for name in group.names}
-        if config.scope == "local":
-            counts = {name: min(costs[name].numel(), round(sparsity * sizes[name] / per_unit)) for name in group.names}
+        if group.pattern.structured:
+            costs, per_unit = self._structured_costs(group, block_scores)
+            max_units = {block.name: block.num_units - 1 for block in group.blocks}  # a layer keeps one unit
+            sizes = {block.name: sum(self.modules[n].weight.numel() for n in block.members) for block in group.blocks}
         else:
-            counts = self._global_counts(group, sparsity, costs, orders, sizes)
-        for name in group.names:
-            pruned = torch.zeros(costs[name].numel(), dtype=torch.bool, device=costs[name].device)
-            pruned[orders[name][: counts[name]]] = True
-            shape = tuple(self.modules[name].weight.shape)
-            self.masks[name] = pattern.build_mask(block_scores[name], pruned, shape).to(self.modules[name].weight.device)
+            costs = {name: group.pattern.unit_costs(scores) for name, scores in block_scores.items()}
+            per_unit = group.pattern.elements_per_unit
+            max_units = {name: cost.numel() for name, cost in costs.items()}
+            sizes = {name: self.modules[name].weight.numel() for name in group.names}
+        orders = {entry: torch.sort(cost, stable=True).indices for entry, cost in costs.items()}
+        if group.config.scope == "local":
+            counts = {entry: min(max_units[entry], round(sparsity * sizes[entry] / per_unit)) for entry in costs}
+        else:
+            counts = self._global_counts(group.config, sparsity, costs, orders, sizes, per_unit, max_units)
+        for entry, cost in costs.items():
+            pruned = torch.zeros(cost.numel(), dtype=torch.bool, device=cost.device)
+            pruned[orders[entry][: counts[entry]]] = True
+            if group.pattern.structured:
+                self._mask_block(group, next(b for b in group.blocks if b.name == entry), ~pruned)
+            else:
+                weight = self.modules[entry].weight
+                mask = group.pattern.build_mask(block_scores[entry], pruned, tuple(weight.shape))
+                self.masks[entry] = mask.to(weight.device)
+
+    def _structured_costs(self, group: PruningGroup, unit_scores: Dict[str, torch.Tensor]):
+        """Cost of each unit of each block: its members' unit scores summed (``block_reduce="mean"``: divided
+        by the unit's weight count, so blocks of different widths compare per weight)."""
+        per_unit = {}
+        costs = {}
+        for block in group.blocks:
+            per_unit[block.name] = block.unit_size * (
+                sum(self.modules[n].in_features for n in block.rows)
+                + sum(self.modules[n].out_features for n in block.columns))
+            total = sum(unit_scores[member].to(unit_scores[block.rows[0]].device) for member in block.members)
+            costs[block.name] = total / per_unit[block.name] if group.config.block_reduce == "mean" else total
+        if len(set(per_unit.values())) != 1:
+            raise ValueError(f"group {group.config.name!r}: units of different sizes {per_unit} cannot share a "
+                             "ranking; prune them in separate groups")
+        return costs, next(iter(per_unit.values()))
+
+    def _mask_block(self, group: PruningGroup, block: StructuredBlock, keep_units: torch.Tensor) -> None:
+        for role, members in (("rows", block.rows), ("columns", block.columns)):
+            for name in members:
+                weight = self.modules[name].weight
+                mask = group.pattern.unit_mask(keep_units, role, block.unit_size, tuple(weight.shape))
+                self.masks[name] = mask.to(weight.device)
+                if name in self.bias_masks:
+                    self.bias_masks[name] = keep_units.repeat_interleave(block.unit_size).to(weight.device)
 
     @staticmethod
-    def _global_counts(group, sparsity, costs, orders, sizes) -> Dict[str, int]:
-        """How many units each layer loses when all layers' units compete in one ranking, with every
-        layer kept between its min and max sparsity. Ties go to the earlier layer, then the lower index."""
-        config, per_unit = group.config, group.pattern.elements_per_unit
-        names = group.names
+    def _global_counts(config: PruningConfig, sparsity: float, costs, orders, sizes, per_unit: int,
+                       max_units: Dict[str, int]) -> Dict[str, int]:
+        """How many units each entry (layer or block) loses when all entries' units compete in one ranking,
+        with every entry kept between its min and max sparsity. Ties go to the earlier entry, then the lower
+        index."""
+        names = list(costs)
         low_sparsity = min(config.min_sparsity_per_layer, sparsity)
-        low = {n: min(costs[n].numel(), math.ceil(low_sparsity * sizes[n] / per_unit - 1e-9)) for n in names}
-        high = {n: max(low[n], min(costs[n].numel(), math.floor(config.max_sparsity_per_layer * sizes[n] / per_unit + 1e-9)))
+        low = {n: min(max_units[n], math.ceil(low_sparsity * sizes[n] / per_unit - 1e-9)) for n in names}
+        high = {n: max(low[n], min(max_units[n], math.floor(config.max_sparsity_per_layer * sizes[n] / per_unit + 1e-9)))
                 for n in names}
         wanted = round(sparsity * sum(sizes.values()) / per_unit)
         extra = max(0, min(wanted, sum(high.values())) - sum(low.values()))
@@ -248,17 +330,15 @@ class Pruner:
 
     # ---- state --------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, object]:
-        return {
-            "masks": {name: mask.clone() for name, mask in self.masks.items()},
-            "scores": {name: score.clone() for name, score in self.scores.items()},
-            "last_event_step": self.last_event_step,
-            "config": self.config.to_dict(),
-        }
+        state: Dict[str, object] = {key: {name: tensor.clone() for name, tensor in getattr(self, key).items()}
+                                    for key in _STATE_KEYS.values()}
+        state.update(last_event_step=self.last_event_step, config=self.config.to_dict())
+        return state
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         """Restore masks and scores saved by ``state_dict``; the set of modules and shapes must match."""
-        for key, current in (("masks", self.masks), ("scores", self.scores)):
-            saved = state[key]
+        for key in _STATE_KEYS.values():
+            current, saved = getattr(self, key), state.get(key, {})
             if set(saved) != set(current):
                 missing, unexpected = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
                 raise ValueError(f"pruner state {key} do not match this model: missing {missing}, unexpected {unexpected}")
@@ -274,8 +354,8 @@ class Pruner:
         from safetensors.torch import save_file
 
         state = self.state_dict()
-        tensors = {f"mask.{n}": t.contiguous().cpu() for n, t in state["masks"].items()}
-        tensors.update({f"score.{n}": t.contiguous().cpu() for n, t in state["scores"].items()})
+        tensors = {f"{prefix}.{name}": tensor.contiguous().cpu()
+                   for prefix, key in _STATE_KEYS.items() for name, tensor in state[key].items()}
         metadata = {"last_event_step": json.dumps(state["last_event_step"]), "config": json.dumps(state["config"])}
         path = os.path.join(directory, PRUNER_STATE_NAME)
         save_file(tensors, path, metadata=metadata)
@@ -287,11 +367,13 @@ class Pruner:
         path = os.path.join(directory, PRUNER_STATE_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"no pruner state {PRUNER_STATE_NAME} in {directory!r}")
-        masks, scores = {}, {}
+        state: Dict[str, object] = {key: {} for key in _STATE_KEYS.values()}
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
-            for key in handle.keys():
-                kind, name = key.split(".", 1)
-                (masks if kind == "mask" else scores)[name] = handle.get_tensor(key)
-        self.load_state_dict({"masks": masks, "scores": scores,
-                              "last_event_step": json.loads(metadata.get("last_event_step", "null"))})
+            for tensor_name in handle.keys():
+                prefix, name = tensor_name.split(".", 1)
+                if prefix not in _STATE_KEYS:
+                    raise ValueError(f"{path}: unexpected tensor {tensor_name!r} (known prefixes: {sorted(_STATE_KEYS)})")
+                state[_STATE_KEYS[prefix]][name] = handle.get_tensor(tensor_name)
+        state["last_event_step"] = json.loads(metadata.get("last_event_step", "null"))
+        self.load_state_dict(state)

@@ -75,8 +75,14 @@ def test_end_step_defaults_to_three_quarters_of_training(tmp_path):
     assert callback.pruner.sparsity() == pytest.approx(0.5, abs=0.01)
 
 
-def test_resume_mid_pruning_matches_uninterrupted_run(tmp_path):
-    config = PruningConfig(target_sparsity=0.8, pattern="4x1", start_step=2, end_step=20, frequency=3)
+HEADS_AND_CHANNELS = dict(target_sparsity=0.5, pattern="head", groups=[
+    {"include": [r"intermediate\.dense", r"layer\.\d+\.output\.dense"], "pattern": "channel", "target_sparsity": 0.5}])
+
+
+@pytest.mark.parametrize("fields", [dict(target_sparsity=0.8, pattern="4x1"), HEADS_AND_CHANNELS],
+                         ids=["4x1", "heads+channels"])
+def test_resume_mid_pruning_matches_uninterrupted_run(tmp_path, fields):
+    config = PruningConfig(start_step=2, end_step=20, frequency=3, **fields)
     full, full_cb = _train(tmp_path / "full", config, save_strategy="steps", save_steps=10)
     checkpoint = tmp_path / "full" / "checkpoint-10"
     assert (checkpoint / PRUNER_STATE_NAME).is_file()
@@ -84,6 +90,9 @@ def test_resume_mid_pruning_matches_uninterrupted_run(tmp_path):
     resumed, resumed_cb = _train(tmp_path / "full", config, resume=str(checkpoint), save_strategy="no")
     for name, mask in full_cb.pruner.masks.items():
         assert torch.equal(resumed_cb.pruner.masks[name], mask), name
+    assert full_cb.pruner.bias_masks.keys() == resumed_cb.pruner.bias_masks.keys()
+    for name, mask in full_cb.pruner.bias_masks.items():
+        assert torch.equal(resumed_cb.pruner.bias_masks[name], mask), name
     full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
     for key, value in full_state.items():
         torch.testing.assert_close(resumed_state[key], value, atol=1e-6, rtol=0)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_prune.patterns import BlockPattern, SemiStructuredPattern, get_pattern
+from hf_prune.patterns import BlockPattern, SemiStructuredPattern, StructuredPattern, get_pattern
 
 
 @pytest.mark.parametrize("name,rows,cols", [("4x1", 4, 1), ("2x2", 2, 2), ("1x4", 1, 4), ("1x1", 1, 1)])
@@ -81,3 +81,22 @@ def test_shape_not_divisible_names_layer_and_shape():
         get_pattern("4x1").check_shape("enc.fc", (6, 8))
     with pytest.raises(ValueError, match=r"\(8, 6\).*'2:4'"):
         get_pattern("2:4").check_shape("enc.fc", (8, 6))
+
+
+@pytest.mark.parametrize("name,kind", [("head", "head"), ("channel", "channel"), ("channelx1", "channel")])
+def test_structured_names(name, kind):
+    pattern = get_pattern(name)
+    assert isinstance(pattern, StructuredPattern) and pattern.structured and pattern.kind == kind
+
+
+def test_structured_unit_scores_and_masks():
+    pattern = get_pattern("head")
+    scores = torch.arange(24, dtype=torch.float32).view(6, 4)  # 3 units of 2 rows (or of 2 columns of a 4x6)
+    assert pattern.unit_scores(scores, "rows", 2).tolist() == [28.0, 92.0, 156.0]  # 0..7, 8..15, 16..23
+    columns = scores.t().contiguous()  # [4, 6]: unit u = columns 2u, 2u+1
+    assert pattern.unit_scores(columns, "columns", 2).tolist() == [28.0, 92.0, 156.0]
+    keep = torch.tensor([True, False, True])
+    assert pattern.unit_mask(keep, "rows", 2, (6, 4))[:, 0].tolist() == [True, True, False, False, True, True]
+    mask = pattern.unit_mask(keep, "columns", 2, (4, 6))
+    assert mask.is_contiguous() and mask[0].tolist() == [True, True, False, False, True, True]
+    assert torch.equal(mask, mask[0].expand(4, 6))

@@ -1,0 +1,110 @@
+"""Which Linear modules form an attention head or an FFN channel, per model family.
+
+Structured patterns (``"head"``, ``"channel"``) prune units that span several Linear modules: a head is a slice
+of output rows of the query, key and value projections plus the matching input columns of the attention output
+projection; an FFN channel is one output row (and bias) of the up projection plus the matching input column of
+the down projection. That knowledge is one :class:`Architecture` per family, registered under the config's
+``model_type``; any other architecture is refused by name.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import List, Tuple
+
+from torch import nn
+
+from .registry import Registry
+
+__all__ = ["Architecture", "StructuredBlock", "ARCHITECTURES", "get_architecture", "find_blocks", "STRUCTURED_KINDS"]
+
+STRUCTURED_KINDS = ("head", "channel")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Module paths inside one transformer layer (relative to the layer) of a model family."""
+
+    layer: str              # regex matching the full name of a transformer layer module
+    attention: str          # module holding the head count (``heads_attribute``) and ``attention_head_size``
+    heads_attribute: str
+    query: str
+    key: str
+    value: str
+    attention_output: str
+    ffn_in: str
+    ffn_out: str
+
+
+@dataclass(frozen=True)
+class StructuredBlock:
+    """Linear modules whose units (heads or channels) are pruned together.
+
+    Unit ``u`` is rows ``u*unit_size .. (u+1)*unit_size`` of every ``rows`` module (and of their biases) and the
+    same range of input columns of every ``columns`` module.
+    """
+
+    name: str
+    kind: str
+    layer: str
+    rows: Tuple[str, ...]
+    columns: Tuple[str, ...]
+    unit_size: int
+    num_units: int
+
+    @property
+    def members(self) -> Tuple[str, ...]:
+        return self.rows + self.columns
+
+
+ARCHITECTURES: Registry = Registry("architecture")
+
+_BERT_LIKE = Architecture(
+    layer=r"(^|\.)encoder\.layer\.\d+$", attention="attention.self", heads_attribute="num_attention_heads",
+    query="attention.self.query", key="attention.self.key", value="attention.self.value",
+    attention_output="attention.output.dense", ffn_in="intermediate.dense", ffn_out="output.dense",
+)
+for _model_type in ("bert", "roberta", "xlm_roberta", "camembert", "electra"):
+    ARCHITECTURES.register(_model_type, _BERT_LIKE)
+ARCHITECTURES.register("distilbert", Architecture(
+    layer=r"(^|\.)transformer\.layer\.\d+$", attention="attention", heads_attribute="n_heads",
+    query="attention.q_lin", key="attention.k_lin", value="attention.v_lin", attention_output="attention.out_lin",
+    ffn_in="ffn.lin1", ffn_out="ffn.lin2",
+))
+
+
+def get_architecture(model: nn.Module) -> Architecture:
+    """The table entry of ``model``'s family (from ``model.config.model_type``)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    key = model_type.replace("-", "_") if isinstance(model_type, str) else None
+    if key not in ARCHITECTURES:
+        raise ValueError(
+            f"structured pruning (heads, channels) does not know architecture {model_type!r} "
+            f"({type(model).__name__}); known: {', '.join(ARCHITECTURES.names())}"
+        )
+    return ARCHITECTURES.get(key)
+
+
+def find_blocks(model: nn.Module, kind: str) -> List[StructuredBlock]:
+    """Every attention block (``kind="head"``) or FFN (``kind="channel"``) of ``model``, in layer order."""
+    if kind not in STRUCTURED_KINDS:
+        raise ValueError(f"unknown structured unit {kind!r}; allowed: {', '.join(STRUCTURED_KINDS)}")
+    architecture = get_architecture(model)
+    blocks = []
+    for layer_name, _ in model.named_modules():
+        if not re.search(architecture.layer, layer_name):
+            continue
+        if kind == "head":
+            rows = tuple(f"{layer_name}.{p}" for p in (architecture.query, architecture.key, architecture.value))
+            columns = (f"{layer_name}.{architecture.attention_output}",)
+            unit_size = int(model.get_submodule(f"{layer_name}.{architecture.attention}").attention_head_size)
+            name = f"{layer_name}.attention"
+        else:
+            rows, columns = (f"{layer_name}.{architecture.ffn_in}",), (f"{layer_name}.{architecture.ffn_out}",)
+            unit_size, name = 1, f"{layer_name}.ffn"
+        width = model.get_submodule(rows[0]).out_features
+        blocks.append(StructuredBlock(name, kind, layer_name, rows, columns, unit_size, width // unit_size))
+    if not blocks:
+        raise ValueError(f"found no transformer layer in {type(model).__name__} (looked for modules named like "
+                         f"{architecture.layer!r})")
+    return blocks
