@@ -7,6 +7,8 @@ from .patterns import PATTERN_FAMILIES, get_pattern
 from .pruner import Pruner
 from .report import SparsityReport, sparsity_report
 from .schedules import SCHEDULES, PruningSchedule
+from .semi_structured import semi_structured_plan, to_semi_structured
+from .slimming import SlimSummary, from_pretrained, slim
 
 __version__ = "0.1.0"
 
@@ -16,12 +18,17 @@ __all__ = [
     "DistillationTrainer",
     "PATTERN_FAMILIES",
     "SCHEDULES",
+    "SlimSummary",
     "Pruner",
     "PruningConfig",
     "PruningSchedule",
     "PruningTrainerCallback",
     "SparsityReport",
     "add_pruning_callback",
+    "from_pretrained",
     "get_pattern",
+    "semi_structured_plan",
+    "slim",
     "sparsity_report",
+    "to_semi_structured",
 ]

@@ -1,0 +1,183 @@
+"""Physical slimming: remove pruned attention heads and FFN channels for real, save and load slim models.
+
+Masks only zero weights, and no stock CPU kernel turns zeros into speed. Removing whole heads and channels
+does: the Linear layers become smaller, each layer keeps its own head count and FFN width. transformers 5 has
+no ``prune_heads`` any more, so hf_prune owns this.
+
+A unit is removed when it cannot contribute to the output: a head whose columns in the attention output
+projection are all zero, an FFN channel whose column in the down projection is zero. (hf_prune's ``"head"`` and
+``"channel"`` patterns zero those, and the unit's rows and biases as well.) The slim model computes exactly
+what the masked one did, up to float rounding.
+
+The layout (kept heads and FFN width per layer) is stored in ``model.config`` under :data:`SLIM_LAYOUT_KEY`, so
+``save_pretrained`` writes it into ``config.json`` unchanged; :func:`from_pretrained` reads it back, builds the
+slim shapes and loads the safetensors weights. A folder without a layout loads as an ordinary model.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .architectures import StructuredBlock, find_blocks, get_architecture
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["slim", "from_pretrained", "SlimSummary", "SLIM_LAYOUT_KEY"]
+
+SLIM_LAYOUT_KEY = "hf_prune_slim_layout"
+
+
+@dataclass
+class SlimSummary:
+    """What :func:`slim` removed."""
+
+    heads_before: int
+    heads_after: int
+    channels_before: int
+    channels_after: int
+    parameters_before: int
+    parameters_after: int
+
+    def __str__(self) -> str:
+        return (f"heads {self.heads_before} -> {self.heads_after}, FFN channels {self.channels_before} -> "
+                f"{self.channels_after}, parameters {self.parameters_before:,} -> {self.parameters_after:,}")
+
+
+@torch.no_grad()
+def slim(model: nn.Module) -> SlimSummary:
+    """Remove, in place, every head and FFN channel that contributes nothing (see module docstring).
+
+    Each layer keeps at least one head and one channel (a zero-width layer cannot be reshaped); such a kept
+    unit has zero output weights, so outputs are unchanged. Returns what was removed; the new layout is in
+    ``model.config`` for ``save_pretrained``.
+    """
+    parameters_before = _count_parameters(model)
+    layout = dict(getattr(model.config, SLIM_LAYOUT_KEY, None) or {})
+    counts = {}
+    for kind in ("head", "channel"):
+        before = after = 0
+        for block in find_blocks(model, kind):
+            keep = _live_units(model, block)
+            before, after = before + block.num_units, after + len(keep)
+            if len(keep) < block.num_units:
+                _shrink_block(model, block, keep)
+            entry = layout.setdefault(block.layer, {})
+            if kind == "head":
+                previous = entry.get("heads", list(range(block.num_units)))
+                entry["heads"] = [previous[i] for i in keep]  # indexes among the original heads
+            else:
+                entry["intermediate_size"] = len(keep)
+        counts[kind] = (before, after)
+    setattr(model.config, SLIM_LAYOUT_KEY, layout)
+    summary = SlimSummary(*counts["head"], *counts["channel"], parameters_before, _count_parameters(model))
+    logger.info("slimmed %s: %s", type(model).__name__, summary)
+    return summary
+
+
+def _live_units(model: nn.Module, block: StructuredBlock) -> List[int]:
+    """Indexes of units with a non-zero output column; at least one (the first) is kept."""
+    columns = torch.stack([model.get_submodule(name).weight for name in block.columns])  # [members, out, in]
+    per_unit = columns.view(columns.shape[0], columns.shape[1], block.num_units, block.unit_size)
+    live = (per_unit != 0).any(dim=(0, 1, 3)).nonzero().flatten().tolist()
+    return live or [0]
+
+
+@torch.no_grad()
+def _shrink_block(model: nn.Module, block: StructuredBlock, keep: List[int]) -> None:
+    index = torch.tensor([u * block.unit_size + k for u in keep for k in range(block.unit_size)])
+    for role, members in (("rows", block.rows), ("columns", block.columns)):
+        for name in members:
+            old = model.get_submodule(name)
+            dim = 0 if role == "rows" else 1
+            index_on_device = index.to(old.weight.device)
+            weight = old.weight.index_select(dim, index_on_device)
+            bias = None if old.bias is None else (old.bias.index_select(0, index_on_device) if role == "rows" else old.bias)
+            new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                            device=old.weight.device, dtype=old.weight.dtype)
+            new.weight.copy_(weight)
+            if bias is not None:
+                new.bias.copy_(bias)
+            new.weight.requires_grad_(old.weight.requires_grad)
+            model.set_submodule(name, new)
+    if block.kind == "head":
+        _set_head_count(model, block.layer, len(keep))
+
+
+def _set_head_count(model: nn.Module, layer: str, heads: int) -> None:
+    architecture = get_architecture(model)
+    attention = model.get_submodule(f"{layer}.{architecture.attention}")
+    setattr(attention, architecture.heads_attribute, heads)
+    if hasattr(attention, "all_head_size"):
+        attention.all_head_size = heads * attention.attention_head_size
+
+
+def _resize_to_layout(model: nn.Module, layout: Dict[str, dict]) -> None:
+    """Give a freshly built full-size model the slim shapes of ``layout`` (weights are loaded afterwards)."""
+    blocks = {block.layer: block for block in find_blocks(model, "head")}
+    channels = {block.layer: block for block in find_blocks(model, "channel")}
+    unknown = sorted(set(layout) - set(blocks))
+    if unknown:
+        raise ValueError(f"slim layout names layers {unknown} that {type(model).__name__} does not have")
+    for layer, entry in layout.items():
+        if "heads" in entry:
+            _shrink_block(model, blocks[layer], list(range(len(entry["heads"]))))
+        if "intermediate_size" in entry:
+            _shrink_block(model, channels[layer], list(range(int(entry["intermediate_size"]))))
+
+
+def from_pretrained(path: str, auto_class=None, dtype: Optional[torch.dtype] = None, **kwargs) -> nn.Module:
+    """Load a model saved by ``save_pretrained``, slim or not.
+
+    With a slim layout in its ``config.json`` (local folder), the model is built at the slim shapes and the
+    safetensors weights are loaded strictly; otherwise this is ``auto_class.from_pretrained(path, **kwargs)``
+    (``auto_class`` defaults to ``AutoModelForQuestionAnswering``), Hub ids included.
+    """
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
+    auto_class = auto_class or AutoModelForQuestionAnswering
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    layout = getattr(config, SLIM_LAYOUT_KEY, None)
+    if not layout:
+        return auto_class.from_pretrained(path, config=config, **({"dtype": dtype} if dtype else {}), **kwargs)
+    if not os.path.isdir(path):
+        raise ValueError(f"slim models load from a local folder; download {path!r} first (huggingface_hub."
+                         "snapshot_download)")
+    model = auto_class.from_config(config)
+    _resize_to_layout(model, layout)
+    _load_safetensors(model, path)
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def _load_safetensors(model: nn.Module, folder: str) -> None:
+    from safetensors.torch import load_file
+
+    index_file = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index_file):
+        with open(index_file, encoding="utf-8") as handle:
+            files = sorted(set(json.load(handle)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        raise ValueError(f"no model.safetensors (or its index) in {folder!r}")
+    state = {}
+    for file in files:
+        state.update(load_file(os.path.join(folder, file)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{folder}: weights do not fit the slim layout: missing {sorted(set(missing) - tied)}, "
+                         f"unexpected {sorted(unexpected)}")
+    if missing:
+        model.tie_weights()
+
+
+def _count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
