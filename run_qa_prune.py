@@ -38,10 +38,11 @@ from transformers import (
     set_seed,
 )
 
-from hf_prune import PruningConfig, PruningTrainerCallback, add_pruning_callback
+from hf_prune import PruningConfig, PruningTrainerCallback, add_pruning_callback, from_pretrained, slim, sparsity_report
 from hf_prune.config import load_yaml
 from hf_prune.distillation import DistillationConfig
 from hf_prune.export import save_pruning_artifacts, write_model_card
+from hf_prune.patterns import get_pattern
 from hf_prune.qa import (
     QuestionAnsweringDistillationTrainer,
     QuestionAnsweringTrainer,
@@ -114,6 +115,9 @@ class PruningArguments:
     pruning_scope: Optional[str] = field(default=None, metadata={"help": "global | local."})
     prune_include: Optional[List[str]] = field(default=None, metadata={"help": "Regexes of module names to prune."})
     prune_exclude: Optional[List[str]] = field(default=None, metadata={"help": "Regexes of module names to keep dense."})
+    slim: bool = field(default=False, metadata={
+        "help": "After training, remove pruned attention heads and FFN channels for real (patterns 'head'/'channel') "
+                "and save the smaller model; load it again with hf_prune.from_pretrained."})
 
 
 @dataclass
@@ -218,7 +222,13 @@ def build_pruning_config(prune_args: PruningArguments, recipe: dict, recipe_path
             raise ValueError(f"--do_prune False conflicts with pruning flags {sorted(flags)}: drop one or the other")
         return None
     section = dict(recipe.get("pruning") or {})
-    return PruningConfig.from_dict({**section, **flags}, source=str(recipe_path or "command line"))
+    config = PruningConfig.from_dict({**section, **flags}, source=str(recipe_path or "command line"))
+    patterns = sorted({group.pattern for group in config.resolved_groups()})
+    if prune_args.slim and not any(get_pattern(pattern).structured for pattern in patterns):
+        raise ValueError(f"--slim removes whole attention heads and FFN channels, but the pruning patterns {patterns} "
+                         "zero scattered weights and leave none to remove: prune with pattern 'head' or 'channel' "
+                         "(e.g. in a group), or drop --slim")
+    return config
 
 
 def build_distillation_settings(distill_args: DistillationArguments, recipe: dict) -> Optional[dict]:
@@ -269,8 +279,8 @@ def load_model_and_tokenizer(model_args: ModelArguments):
         model_args.tokenizer_name or name, use_fast=True, **hub))
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise ValueError(f"{name}: this script needs a fast tokenizer (offset mappings); got {type(tokenizer).__name__}")
-    model = from_hub_or_local("model", name, lambda: AutoModelForQuestionAnswering.from_pretrained(
-        name, config=config, **hub))
+    model = from_hub_or_local("model", name, lambda: from_pretrained(  # slim models too
+        name, auto_class=AutoModelForQuestionAnswering, config=config, **hub))
     return tokenizer, model
 
 
@@ -343,8 +353,9 @@ def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_co
     if distillation is None:
         trainer = QuestionAnsweringTrainer(**common)
     else:
-        teacher = from_hub_or_local("teacher model", teacher_name, lambda: AutoModelForQuestionAnswering.from_pretrained(
-            teacher_name, cache_dir=model_args.cache_dir, token=model_args.token))
+        teacher = from_hub_or_local("teacher model", teacher_name, lambda: from_pretrained(
+            teacher_name, auto_class=AutoModelForQuestionAnswering, cache_dir=model_args.cache_dir,
+            token=model_args.token))
         trainer = QuestionAnsweringDistillationTrainer(teacher_model=teacher,
                                                        distillation_config=DistillationConfig(**distillation), **common)
     if pruning_config is not None:
@@ -383,22 +394,26 @@ def main(argv: Optional[List[str]] = None,
     metrics = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
         train_metrics = dict(result.metrics, train_samples=len(splits[0]))
+        metrics.update(train_metrics)
+    callback = pruning_callback(trainer)
+    report = sparsity_report(trainer.model, callback.pruner.patterns() if callback and callback.pruner else None)
+    sparsity = {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity,
+                "pruning_pattern": pruning_config.pattern if pruning_config else "dense"}
+    if prune_args.slim:  # after the report: slimming removes the zeros it counts
+        summary = slim(trainer.model)
+        sparsity.update(parameters_before_slim=summary.parameters_before, parameters_after_slim=summary.parameters_after,
+                        attention_heads_kept=summary.heads_after, ffn_channels_kept=summary.channels_after)
+    if training_args.should_save:
+        save_pruning_artifacts(training_args.output_dir, report, pruning_config)
+    if training_args.do_train or prune_args.slim:
+        trainer.save_model()
+    if training_args.do_train:
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
         trainer.save_state()
-        metrics.update(train_metrics)
     if training_args.do_eval:
-        eval_metrics = dict(trainer.evaluate(), eval_samples=len(splits[1]))
-        metrics.update(eval_metrics)
-    callback = pruning_callback(trainer)
-    report = save_pruning_artifacts(trainer.model, training_args.output_dir, pruning_config,
-                                    callback.pruner.patterns() if callback and callback.pruner else None)
-    sparsity = {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity,
-                "pruning_pattern": pruning_config.pattern if pruning_config else "dense"}
-    if training_args.do_eval:
-        eval_metrics.update(sparsity)
+        eval_metrics = dict(trainer.evaluate(), eval_samples=len(splits[1]), **sparsity)
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)

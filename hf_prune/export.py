@@ -6,29 +6,25 @@ import os
 from typing import Dict, Optional
 
 import yaml
-from torch import nn
 
 from .config import PruningConfig
-from .report import SparsityReport, sparsity_report
+from .report import SparsityReport
 
 __all__ = ["save_pruning_artifacts", "write_model_card", "SPARSITY_REPORT_NAME"]
 
 SPARSITY_REPORT_NAME = "sparsity_report.json"
 
 
-def save_pruning_artifacts(model: nn.Module, output_dir: str, config: Optional[PruningConfig],
-                           patterns: Optional[Dict[str, str]] = None) -> SparsityReport:
+def save_pruning_artifacts(output_dir: str, report: SparsityReport, config: Optional[PruningConfig]) -> None:
     """Write ``pruning_config.json`` (when pruned), ``sparsity_report.json`` and ``sparsity_report.md``."""
     os.makedirs(output_dir, exist_ok=True)
     if config is not None:
         config.save_pretrained(output_dir)
-    report = sparsity_report(model, patterns)
     with open(os.path.join(output_dir, SPARSITY_REPORT_NAME), "w", encoding="utf-8") as handle:
         json.dump(report.to_dict(), handle, indent=2)
         handle.write("\n")
     with open(os.path.join(output_dir, "sparsity_report.md"), "w", encoding="utf-8") as handle:
         handle.write(report.to_markdown() + "\n")
-    return report
 
 
 def write_model_card(output_dir: str, *, model_name: str, base_model: str, report: SparsityReport,

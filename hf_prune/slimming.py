@@ -131,17 +131,20 @@ def _resize_to_layout(model: nn.Module, layout: Dict[str, dict]) -> None:
             _shrink_block(model, channels[layer], list(range(int(entry["intermediate_size"]))))
 
 
-def from_pretrained(path: str, auto_class=None, dtype: Optional[torch.dtype] = None, **kwargs) -> nn.Module:
+def from_pretrained(path: str, auto_class=None, config=None, dtype: Optional[torch.dtype] = None,
+                    **kwargs) -> nn.Module:
     """Load a model saved by ``save_pretrained``, slim or not.
 
-    With a slim layout in its ``config.json`` (local folder), the model is built at the slim shapes and the
-    safetensors weights are loaded strictly; otherwise this is ``auto_class.from_pretrained(path, **kwargs)``
-    (``auto_class`` defaults to ``AutoModelForQuestionAnswering``), Hub ids included.
+    With a slim layout in its config (``config``, or the folder's ``config.json``), the model is built at the
+    slim shapes and the local safetensors weights are loaded strictly; otherwise this is
+    ``auto_class.from_pretrained(path, config=config, **kwargs)`` (``auto_class`` defaults to
+    ``AutoModelForQuestionAnswering``), Hub ids included. ``kwargs`` go to ``from_pretrained`` (cache_dir,
+    revision, token, ...).
     """
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
     auto_class = auto_class or AutoModelForQuestionAnswering
-    config = AutoConfig.from_pretrained(path, **kwargs)
+    config = config if config is not None else AutoConfig.from_pretrained(path, **kwargs)
     layout = getattr(config, SLIM_LAYOUT_KEY, None)
     if not layout:
         return auto_class.from_pretrained(path, config=config, **({"dtype": dtype} if dtype else {}), **kwargs)

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForQuestionAnswering
 
 import run_qa_prune
-from hf_prune import PruningConfig
+from hf_prune import PruningConfig, from_pretrained
 from tests.conftest import requires_shared
 from tests.qa.helpers import squad_flat_jsonl, squad_nested, tiny_model_folder
 
@@ -77,6 +77,31 @@ def test_distillation_flags_reach_the_trainer(workspace):
     assert any("loss_feature" in entry for entry in state["log_history"])
     assert metrics["train_samples"] > 0
     AutoModelForQuestionAnswering.from_pretrained(str(output))  # a plain QA model after folding
+
+
+def test_slim_run_saves_a_smaller_model_that_predicts_the_same(workspace, tmp_path):
+    recipe = tmp_path / "slim.yaml"
+    recipe.write_text("pruning:\n  pattern: head\n  target_sparsity: 0.5\n  start_step: 1\n  end_step: 3\n"
+                      "  frequency: 1\n  groups:\n    - include: ['intermediate\\.dense', 'layer\\.\\d+\\.output\\.dense']\n"
+                      "      pattern: channel\n      target_sparsity: 0.5\n")
+    output = workspace["root"] / "slim"
+    metrics = _run(workspace, output, "--do_train", "--do_eval", "--max_steps", "4", "--recipe", str(recipe),
+                   "--slim", "True")
+    assert metrics["attention_heads_kept"] == 4 and metrics["ffn_channels_kept"] == 64  # of 8 and 128
+    assert metrics["parameters_after_slim"] < metrics["parameters_before_slim"]
+    assert metrics["sparsity_pruned_layers"] == pytest.approx(0.5)  # measured before the zeros were removed
+    slim_model = from_pretrained(str(output))
+    assert slim_model.bert.encoder.layer[0].attention.self.query.out_features < 32
+    # the saved slim model, evaluated alone, predicts what the masked model predicted in memory
+    again = workspace["root"] / "slim-reloaded-eval"
+    _run({**workspace, "model": str(output)}, again, "--do_eval", "--do_prune", "False")
+    assert json.loads((again / "eval_predictions.json").read_text()) == json.loads(
+        (output / "eval_predictions.json").read_text())
+
+
+def test_slim_needs_a_structured_pattern(workspace, tmp_path):
+    with pytest.raises(ValueError, match=r"--slim removes whole attention heads.*\['4x1'\]"):
+        _run(workspace, tmp_path / "out", "--do_train", "--pruning_pattern", "4x1", "--slim", "True")
 
 
 def test_recipe_sets_defaults_and_flags_override(workspace, tmp_path):
