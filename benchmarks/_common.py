@@ -19,6 +19,14 @@ def bert_mini_config():
     return BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024), "built"
 
 
+def minilm_config():
+    """all-MiniLM-L6-v2's config from ../shared, or the same shape (6 layers, 384 hidden, 12 heads, FFN 1536)."""
+    folder = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")
+    if os.path.isdir(folder):
+        return AutoConfig.from_pretrained(folder), "../shared/models/all-MiniLM-L6-v2"
+    return BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536), "built"
+
+
 def qa_model(config, seed: int = 0):
     torch.manual_seed(seed)
     return AutoModelForQuestionAnswering.from_config(config)
