@@ -25,4 +25,8 @@ def test_recipe_builds_valid_configs(path):
         assert recipe["pruning"] is None and recipe["arguments"]["do_prune"] is False
     else:
         config = PruningConfig.from_yaml(str(path))
-        assert (config.pattern, config.target_sparsity) == {"4x1": ("4x1", 0.8), "2-4": ("2:4", 0.5)}[path.stem]
+        expected = {"4x1": ("4x1", 0.8), "2-4": ("2:4", 0.5), "slim": ("head", 0.5)}[path.stem]
+        assert (config.pattern, config.target_sparsity) == expected
+        if path.stem == "slim":  # FFN channels go too, and the script removes both for real
+            assert [(g.pattern, g.target_sparsity) for g in config.resolved_groups()[:-1]] == [("channel", 0.6)]
+            assert recipe["arguments"]["slim"] is True
