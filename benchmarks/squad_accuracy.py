@@ -97,7 +97,7 @@ def execute(name: str, passthrough: List[str]) -> dict:
             inc_callbacks.append(INCPruningCallback(inc_config(config)))
             return inc_callbacks[-1]
 
-    started = time.time()
+    started, started_at = time.time(), commit()
     metrics = run_qa_prune.main(argv, make_pruning_callback=make_callback)
     wall = time.time() - started
     import torch
@@ -115,7 +115,7 @@ def execute(name: str, passthrough: List[str]) -> dict:
         "wall_seconds": wall,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "command": " ".join(["python", "benchmarks/squad_accuracy.py", name] + (["--", *passthrough] if passthrough else [])),
-        "run_qa_prune_arguments": argv, "commit": commit(), "date": datetime.date.today().isoformat(),
+        "run_qa_prune_arguments": argv, "commit": started_at, "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"transformers {transformers.__version__}",
     }
