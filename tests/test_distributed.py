@@ -1,5 +1,5 @@
 """Two CPU processes (torchrun, gloo): identical masks and scores on both ranks at every pruning event, the
-saved model equals rank 0's, and a 2-process checkpoint resumes on 1 process."""
+saved model equals rank 0's, and checkpoints resume across process counts: 2 -> 1 and 1 -> 2."""
 import glob
 import os
 import socket
@@ -71,4 +71,25 @@ def test_two_process_checkpoint_resumes_on_one_process(two_process_run, tmp_path
     pruned = sum(int((~keep).sum()) for keep in final_masks.values())
     assert pruned / sum(keep.numel() for keep in final_masks.values()) == pytest.approx(0.75, abs=0.01)
     for name, keep in final_masks.items():
+        assert torch.all(state[f"{name}.weight"][~keep] == 0), name
+
+
+def test_one_process_checkpoint_resumes_on_two_processes(tmp_path):
+    import shutil
+
+    single = tmp_path / "single"
+    _launch(1, str(single), "4")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(single / "checkpoint-4", resumed / "checkpoint-4")
+    _launch(2, str(resumed), "8", str(resumed / "checkpoint-4"))
+    # the resumed ranks start from the one-process masks and stay identical to each other at every later event
+    assert sorted(os.path.basename(p) for p in glob.glob(str(resumed / "rank0-step*.pt"))) == ["rank0-step6.pt"]
+    rank0, rank1 = torch.load(resumed / "rank0-step6.pt"), torch.load(resumed / "rank1-step6.pt")
+    for kind in ("masks", "scores"):
+        for name in rank0[kind]:
+            assert torch.equal(rank0[kind][name], rank1[kind][name]), (kind, name)
+    pruned = sum(int((~keep).sum()) for keep in rank0["masks"].values())
+    assert pruned / sum(keep.numel() for keep in rank0["masks"].values()) == pytest.approx(0.75, abs=0.01)
+    state = load_file(str(resumed / "final" / "model.safetensors"))
+    for name, keep in rank0["masks"].items():
         assert torch.all(state[f"{name}.weight"][~keep] == 0), name
