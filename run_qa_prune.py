@@ -40,7 +40,7 @@ from transformers import (
 
 from hf_prune import PruningConfig, PruningTrainerCallback, add_pruning_callback, from_pretrained, slim, sparsity_report
 from hf_prune.config import load_yaml
-from hf_prune.distillation import DistillationConfig
+from hf_prune.distillation import DistillationConfig, folded_head
 from hf_prune.export import save_pruning_artifacts, write_model_card
 from hf_prune.patterns import get_pattern
 from hf_prune.qa import (
@@ -401,7 +401,8 @@ def main(argv: Optional[List[str]] = None,
     sparsity = {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity,
                 "pruning_pattern": pruning_config.pattern if pruning_config else "dense"}
     if prune_args.slim:  # after the report: slimming removes the zeros it counts
-        summary = slim(trainer.model)
+        with folded_head(trainer.model):  # count the parameters of the model as it is saved (SimKD folded)
+            summary = slim(trainer.model)
         sparsity.update(parameters_before_slim=summary.parameters_before, parameters_after_slim=summary.parameters_after,
                         attention_heads_kept=summary.heads_after, ffn_channels_kept=summary.channels_after)
     if training_args.should_save:

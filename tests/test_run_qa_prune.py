@@ -79,21 +79,24 @@ def test_distillation_flags_reach_the_trainer(workspace):
     AutoModelForQuestionAnswering.from_pretrained(str(output))  # a plain QA model after folding
 
 
-def test_slim_run_saves_a_smaller_model_that_predicts_the_same(workspace, tmp_path):
+@pytest.mark.parametrize("teacher", [False, True], ids=["plain", "simkd"])
+def test_slim_run_saves_a_smaller_model_that_predicts_the_same(workspace, tmp_path, teacher):
     recipe = tmp_path / "slim.yaml"
     recipe.write_text("pruning:\n  pattern: head\n  target_sparsity: 0.5\n  start_step: 1\n  end_step: 3\n"
                       "  frequency: 1\n  groups:\n    - include: ['intermediate\\.dense', 'layer\\.\\d+\\.output\\.dense']\n"
                       "      pattern: channel\n      target_sparsity: 0.5\n")
-    output = workspace["root"] / "slim"
+    output = workspace["root"] / f"slim-{teacher}"
+    distill = ["--teacher_model_name_or_path", workspace["model"], "--distill_method", "reused_classifier"] if teacher else []
     metrics = _run(workspace, output, "--do_train", "--do_eval", "--max_steps", "4", "--recipe", str(recipe),
-                   "--slim", "True")
+                   "--slim", "True", *distill)
     assert metrics["attention_heads_kept"] == 4 and metrics["ffn_channels_kept"] == 64  # of 8 and 128
     assert metrics["parameters_after_slim"] < metrics["parameters_before_slim"]
     assert metrics["sparsity_pruned_layers"] == pytest.approx(0.5)  # measured before the zeros were removed
     slim_model = from_pretrained(str(output))
     assert slim_model.bert.encoder.layer[0].attention.self.query.out_features < 32
+    assert sum(p.numel() for p in slim_model.parameters()) == metrics["parameters_after_slim"]  # as saved
     # the saved slim model, evaluated alone, predicts what the masked model predicted in memory
-    again = workspace["root"] / "slim-reloaded-eval"
+    again = workspace["root"] / f"slim-{teacher}-reloaded-eval"
     _run({**workspace, "model": str(output)}, again, "--do_eval", "--do_prune", "False")
     assert json.loads((again / "eval_predictions.json").read_text()) == json.loads(
         (output / "eval_predictions.json").read_text())
