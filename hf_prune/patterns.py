@@ -188,8 +188,7 @@ class StructuredPattern(Pattern):
 
     syntax = "'head' (whole attention heads) or 'channel' (FFN channels, alias 'channelx1')"
     structured = True
-    _aliases = {"head": "head", "heads": "head", "channel": "channel", "channelx1": "channel"}
-    ROLES = ("rows", "columns")
+    _aliases = {"head": "head", "channel": "channel", "channelx1": "channel"}
 
     def __init__(self, kind: str) -> None:
         self.kind = self.name = kind

@@ -115,8 +115,9 @@ class Pruner:
             is_default = index == len(group_configs) - 1
             pattern = get_pattern(group_config.pattern)
             selected = self._select(list(linears), group_config, claimed)
-            blocks = self._structured_blocks(model, pattern, group_config, selected) if pattern.structured else []
-            if pattern.structured:
+            blocks = []
+            if pattern.structured:  # whole units: the group prunes its blocks' modules, nothing else
+                blocks = self._structured_blocks(model, pattern, group_config, selected)
                 selected = [member for block in blocks for member in block.members]
             if not selected and not (is_default and config.groups):
                 raise ValueError(
@@ -239,6 +240,7 @@ class Pruner:
     @torch.no_grad()
     def _prune_group(self, group: PruningGroup, sparsity: float) -> None:
         block_scores = {name: self._block_scores(group, name) for name in group.names}
+        blocks = {block.name: block for block in group.blocks}
         if group.pattern.structured:
             costs, per_unit = self._structured_costs(group, block_scores)
             max_units = {block.name: block.num_units - 1 for block in group.blocks}  # a layer keeps one unit
@@ -257,23 +259,22 @@ class Pruner:
             pruned = torch.zeros(cost.numel(), dtype=torch.bool, device=cost.device)
             pruned[orders[entry][: counts[entry]]] = True
             if group.pattern.structured:
-                self._mask_block(group, next(b for b in group.blocks if b.name == entry), ~pruned)
+                self._mask_block(group, blocks[entry], ~pruned)
             else:
                 weight = self.modules[entry].weight
                 mask = group.pattern.build_mask(block_scores[entry], pruned, tuple(weight.shape))
                 self.masks[entry] = mask.to(weight.device)
 
     def _structured_costs(self, group: PruningGroup, unit_scores: Dict[str, torch.Tensor]):
-        """Cost of each unit of each block: its members' unit scores summed (``block_reduce="mean"``: divided
-        by the unit's weight count, so blocks of different widths compare per weight)."""
+        """Cost of each unit of each block: its members' unit scores summed. Every unit of a group holds the
+        same number of weights (checked), so ``block_reduce`` (sum or mean) would not change the ranking."""
         per_unit = {}
         costs = {}
         for block in group.blocks:
             per_unit[block.name] = block.unit_size * (
                 sum(self.modules[n].in_features for n in block.rows)
                 + sum(self.modules[n].out_features for n in block.columns))
-            total = sum(unit_scores[member].to(unit_scores[block.rows[0]].device) for member in block.members)
-            costs[block.name] = total / per_unit[block.name] if group.config.block_reduce == "mean" else total
+            costs[block.name] = sum(unit_scores[m].to(unit_scores[block.rows[0]].device) for m in block.members)
         if len(set(per_unit.values())) != 1:
             raise ValueError(f"group {group.config.name!r}: units of different sizes {per_unit} cannot share a "
                              "ranking; prune them in separate groups")
