@@ -60,6 +60,8 @@ RUNS = {
     "hf-4x1-simkd": Run("4x1.yaml", extra=("--distill_method", "reused_classifier")),
     "hf-4x1-nokd": Run("4x1.yaml", teacher=None),
     "hf-slim-kd": Run("slim.yaml"),
+    # hf_prune with INC's default schedule shape (exp): how much of the difference to INC is the schedule
+    "hf-4x1-kd-exp": Run("4x1.yaml", extra=("--pruning_schedule", "exp")),
     # what more budget buys: 4x1 @ 0.8 over two epochs (1,054 steps), pruning done at 70 % of them
     "hf-4x1-kd-2ep": Run("4x1.yaml", extra=("--num_train_epochs", "2", "--pruning_end_step", "740")),
 }
