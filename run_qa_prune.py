@@ -399,7 +399,9 @@ def main(argv: Optional[List[str]] = None,
     callback = pruning_callback(trainer)
     report = sparsity_report(trainer.model, callback.pruner.patterns() if callback and callback.pruner else None)
     sparsity = {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity,
-                "pruning_pattern": pruning_config.pattern if pruning_config else "dense"}
+                "pruning_pattern": pruning_config.pattern_names() if pruning_config else "dense"}
+    if pruning_config and len(pruning_config.resolved_groups()) > 1:
+        sparsity["pruning_groups"] = pruning_config.describe()
     if prune_args.slim:  # after the report: slimming removes the zeros it counts
         with folded_head(trainer.model):  # count the parameters of the model as it is saved (SimKD folded)
             summary = slim(trainer.model)

@@ -160,6 +160,19 @@ class PruningConfig(JsonConfigMixin):
         default = dataclasses.replace(self, groups=[], name=self.name or "default")
         return [self._group_config(i, g) for i, g in enumerate(self.groups)] + [default]
 
+    def pattern_names(self) -> str:
+        """The patterns of every group joined by ``+`` (``"4x1"``, ``"channel+head"``)."""
+        names = [group.pattern for group in self.resolved_groups()]
+        return "+".join(dict.fromkeys(names))
+
+    def describe(self) -> str:
+        """Each group's pattern and target, as model cards and metrics state them: ``"4x1 0.80"``, or
+        ``"channel 0.60 (ffn) + head 0.50 (default)"`` when groups differ."""
+        groups = self.resolved_groups()
+        if len(groups) == 1:
+            return f"{self.pattern} {self.target_sparsity:.2f}"
+        return " + ".join(f"{group.pattern} {group.target_sparsity:.2f} ({group.name})" for group in groups)
+
     def with_end_step(self, end_step: int) -> "PruningConfig":
         """Copy with an unset ``end_step`` filled in (the callback does this once the Trainer knows
         ``max_steps``); an explicit ``end_step`` is kept."""

@@ -33,15 +33,16 @@ def write_model_card(output_dir: str, *, model_name: str, base_model: str, repor
                      recipe: Optional[str] = None) -> str:
     """``README.md`` with Hub metadata (library, tags, dataset, base model, teacher, model-index with EM/F1)
     and a table of pattern, sparsity and scores."""
-    pattern = "dense" if config is None else config.pattern
-    target = 0.0 if config is None else config.target_sparsity
+    pattern = "dense" if config is None else config.pattern_names()
+    target = "0.00" if config is None else (f"{config.target_sparsity:.2f}" if len(config.resolved_groups()) == 1
+                                             else config.describe())
     exact, f1 = metrics.get("eval_exact_match", metrics.get("eval_exact")), metrics.get("eval_f1")
     results = [{"type": key, "value": round(float(value), 2), "name": label}
                for key, value, label in (("exact_match", exact, "Exact Match"), ("f1", f1, "F1")) if value is not None]
     metadata = {
         "library_name": "transformers",
         "pipeline_tag": "question-answering",
-        "tags": ["question-answering", "pruning", "sparse", "hf_prune"] + ([] if config is None else [pattern]),
+        "tags": ["question-answering", "pruning", "sparse", "hf_prune"] + ([] if config is None else pattern.split("+")),
         "datasets": [dataset],
         "base_model": base_model,
         "model-index": [{"name": model_name, "results": [{
@@ -59,7 +60,7 @@ def write_model_card(output_dir: str, *, model_name: str, base_model: str, repor
         + (f", distilled from `{teacher}`" if teacher else "") + ".", "",
         "| pattern | target sparsity | sparsity (pruned layers) | sparsity (all Linear) | EM | F1 |",
         "|---|---|---|---|---|---|",
-        f"| {pattern} | {target:.2f} | {report.pruned_sparsity:.4f} | {report.linear_sparsity:.4f} | "
+        f"| {pattern} | {target} | {report.pruned_sparsity:.4f} | {report.linear_sparsity:.4f} | "
         f"{_fmt(exact)} | {_fmt(f1)} |", "",
     ]
     if config is not None:
