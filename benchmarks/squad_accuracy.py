@@ -9,6 +9,7 @@ defaults otherwise. Start with ``dense`` (the teacher, and the student's startin
     python benchmarks/squad_accuracy.py hf-4x1-kd
     inc-venv/bin/python benchmarks/squad_accuracy.py inc-4x1-kd     # INC lives in its own venv (RESULTS.md)
     python benchmarks/squad_accuracy.py --table                     # markdown rows of every finished run
+    python benchmarks/squad_accuracy.py --write-results             # ...written into benchmarks/RESULTS.md
 
 A run writes ``benchmarks/runs/<name>/`` (the run_qa_prune output folder) and, only when it finishes,
 ``benchmark.json`` there: an interrupted run leaves no row. Arguments after ``--`` go to run_qa_prune (e.g.
@@ -37,6 +38,9 @@ MINILM = os.path.join("..", "shared", "models", "all-MiniLM-L6-v2")
 DENSE = os.path.join(RUNS_DIR, "dense")
 RECIPES = os.path.join("recipes", "all-MiniLM-L6-v2")
 ROW_NAME = "benchmark.json"
+RESULTS = os.path.join("benchmarks", "RESULTS.md")
+TABLE_START = "<!-- accuracy table: python benchmarks/squad_accuracy.py --write-results -->"
+TABLE_END = "<!-- end accuracy table -->"
 PRUNER_LABELS = {"hf_prune": "hf_prune", "inc": "INC 3.7.1", "none": "none"}
 
 
@@ -149,9 +153,10 @@ def table(names: List[str]) -> str:
              "ΔF1 vs teacher | ΔF1 vs dense-continued | wall time | s/step | peak RSS | commit | date |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
-        target = "0" if row["pattern"] == "dense" else _target(RUNS[name])
+        config = _recipe_pruning(RUNS[name])
+        pattern, target = ("dense", "0") if config is None else (config.pattern_names(), config.describe())
         lines.append(
-            f"| `{name}` | {row['pruner']} | {row['pattern']} | {target} | {row['sparsity_pruned_layers']:.4f} | "
+            f"| `{name}` | {row['pruner']} | {pattern} | {target} | {row['sparsity_pruned_layers']:.4f} | "
             f"{row['sparsity_all_linear']:.4f} | {row['exact_match']:.2f} | {row['f1']:.2f} | {delta(name, 'dense')} | "
             f"{delta(name, 'dense-continued')} | "
             f"{row['wall_seconds'] / 60:.1f} min | {row['seconds_per_step']:.2f} | {row['peak_rss_mib'] / 1024:.1f} GiB | "
@@ -159,27 +164,49 @@ def table(names: List[str]) -> str:
     return "\n".join(lines)
 
 
-def _target(run: Run) -> str:
-    """Target sparsity of each pruning group of the run's recipe ("0" for dense)."""
+def table_with_unfinished(names: List[str]) -> str:
+    """The table plus one line naming the runs that have not finished (they have no row)."""
+    unfinished = [name for name in names if not os.path.isfile(os.path.join(RUNS_DIR, name, ROW_NAME))]
+    text = table(names)
+    if unfinished:
+        text += "\n\nNot finished (no row until a run completes): " + ", ".join(f"`{n}`" for n in unfinished) + "."
+    return text
+
+
+def write_results(names: List[str], path: str = RESULTS) -> None:
+    """Replace the block between the table markers in RESULTS.md with the current table."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path} has no block between {TABLE_START!r} and {TABLE_END!r} to replace")
+    text = text[: start + len(TABLE_START)] + "\n" + table_with_unfinished(names) + "\n" + text[end:]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def _recipe_pruning(run: Run):
+    """The run's PruningConfig as its recipe states it (None for dense)."""
+    from hf_prune import PruningConfig
     from hf_prune.config import load_yaml
 
-    top = load_yaml(os.path.join(RECIPES, run.recipe)).get("pruning")
-    if not top:
-        return "0"
-    return ", ".join(f"{group.get('pattern', top.get('pattern'))} {group.get('target_sparsity', top.get('target_sparsity'))}"
-                     for group in [*(top.get("groups") or []), top])
+    section = load_yaml(os.path.join(RECIPES, run.recipe)).get("pruning")
+    return PruningConfig.from_dict(section) if section and run.pruner != "none" else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", choices=sorted(RUNS), help="which run")
     parser.add_argument("--table", action="store_true", help="print the markdown table of finished runs")
+    parser.add_argument("--write-results", action="store_true", help=f"write that table into {RESULTS}")
     argv = sys.argv[1:]
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     os.chdir(ROOT)
     if options.table:
-        print(table(list(RUNS)))
+        print(table_with_unfinished(list(RUNS)))
+    elif options.write_results:
+        write_results(list(RUNS))
     elif options.run:
         print(json.dumps(execute(options.run, passthrough), indent=2))
     else:
