@@ -397,7 +397,8 @@ def main(argv: Optional[List[str]] = None,
         train_metrics = dict(result.metrics, train_samples=len(splits[0]))
         metrics.update(train_metrics)
     callback = pruning_callback(trainer)
-    report = sparsity_report(trainer.model, callback.pruner.patterns() if callback and callback.pruner else None)
+    with folded_head(trainer.model):  # report the model as it is saved (a SimKD head folded into qa_outputs)
+        report = sparsity_report(trainer.model, callback.pruner.patterns() if callback and callback.pruner else None)
     sparsity = {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity,
                 "pruning_pattern": pruning_config.pattern_names() if pruning_config else "dense"}
     if pruning_config and len(pruning_config.resolved_groups()) > 1:

@@ -76,7 +76,11 @@ def test_distillation_flags_reach_the_trainer(workspace):
     state = json.loads((output / "trainer_state.json").read_text())
     assert any("loss_feature" in entry for entry in state["log_history"])
     assert metrics["train_samples"] > 0
-    AutoModelForQuestionAnswering.from_pretrained(str(output))  # a plain QA model after folding
+    saved = AutoModelForQuestionAnswering.from_pretrained(str(output))  # a plain QA model after folding
+    # the report describes that saved model, not the training-time projector and reused head
+    report = json.loads((output / "sparsity_report.json").read_text())
+    linears = {name for name, module in saved.named_modules() if isinstance(module, torch.nn.Linear)}
+    assert {row["name"] for row in report["layers"]} == linears
 
 
 @pytest.mark.parametrize("teacher", [False, True], ids=["plain", "simkd"])
