@@ -397,15 +397,14 @@ def main(argv: Optional[List[str]] = None,
         train_metrics = dict(result.metrics, train_samples=len(splits[0]))
         metrics.update(train_metrics)
     callback = pruning_callback(trainer)
-    with folded_head(trainer.model):  # report the model as it is saved (a SimKD head folded into qa_outputs)
+    with folded_head(trainer.model):  # report and count the model as it is saved (a SimKD head folded)
         report = sparsity_report(trainer.model, callback.pruner.patterns() if callback and callback.pruner else None)
+        summary = slim(trainer.model) if prune_args.slim else None  # after the report: it removes the zeros counted
     sparsity = {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity,
                 "pruning_pattern": pruning_config.pattern_names() if pruning_config else "dense"}
     if pruning_config and len(pruning_config.resolved_groups()) > 1:
         sparsity["pruning_groups"] = pruning_config.describe()
-    if prune_args.slim:  # after the report: slimming removes the zeros it counts
-        with folded_head(trainer.model):  # count the parameters of the model as it is saved (SimKD folded)
-            summary = slim(trainer.model)
+    if summary is not None:
         sparsity.update(parameters_before_slim=summary.parameters_before, parameters_after_slim=summary.parameters_after,
                         attention_heads_kept=summary.heads_after, ffn_channels_kept=summary.channels_after)
     if training_args.should_save:
