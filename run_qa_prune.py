@@ -401,7 +401,7 @@ def main(argv: Optional[List[str]] = None,
         report = sparsity_report(trainer.model, callback.pruner.patterns() if callback and callback.pruner else None)
         summary = slim(trainer.model) if prune_args.slim else None  # after the report: it removes the zeros counted
     sparsity = {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity,
-                "pruning_pattern": pruning_config.pattern_names() if pruning_config else "dense"}
+                "pruning_pattern": "+".join(pruning_config.pattern_names()) if pruning_config else "dense"}
     if pruning_config and len(pruning_config.resolved_groups()) > 1:
         sparsity["pruning_groups"] = pruning_config.describe()
     if summary is not None:

@@ -154,7 +154,7 @@ def table(names: List[str]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         config = _recipe_pruning(RUNS[name])
-        pattern, target = ("dense", "0") if config is None else (config.pattern_names(), config.describe())
+        pattern, target = ("dense", "0") if config is None else ("+".join(config.pattern_names()), config.describe())
         lines.append(
             f"| `{name}` | {row['pruner']} | {pattern} | {target} | {row['sparsity_pruned_layers']:.4f} | "
             f"{row['sparsity_all_linear']:.4f} | {row['exact_match']:.2f} | {row['f1']:.2f} | {delta(name, 'dense')} | "

@@ -160,10 +160,9 @@ class PruningConfig(JsonConfigMixin):
         default = dataclasses.replace(self, groups=[], name=self.name or "default")
         return [self._group_config(i, g) for i, g in enumerate(self.groups)] + [default]
 
-    def pattern_names(self) -> str:
-        """The patterns of every group joined by ``+`` (``"4x1"``, ``"channel+head"``)."""
-        names = [group.pattern for group in self.resolved_groups()]
-        return "+".join(dict.fromkeys(names))
+    def pattern_names(self) -> List[str]:
+        """The distinct patterns of the groups, in group order (``["4x1"]``, ``["channel", "head"]``)."""
+        return list(dict.fromkeys(group.pattern for group in self.resolved_groups()))
 
     def describe(self) -> str:
         """Each group's pattern and target, as model cards and metrics state them: ``"4x1 0.80"``, or

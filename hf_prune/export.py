@@ -33,7 +33,8 @@ def write_model_card(output_dir: str, *, model_name: str, base_model: str, repor
                      recipe: Optional[str] = None) -> str:
     """``README.md`` with Hub metadata (library, tags, dataset, base model, teacher, model-index with EM/F1)
     and a table of pattern, sparsity and scores."""
-    pattern = "dense" if config is None else config.pattern_names()
+    patterns = [] if config is None else config.pattern_names()
+    pattern = "+".join(patterns) or "dense"
     target = "0.00" if config is None else (f"{config.target_sparsity:.2f}" if len(config.resolved_groups()) == 1
                                              else config.describe())
     exact, f1 = metrics.get("eval_exact_match", metrics.get("eval_exact")), metrics.get("eval_f1")
@@ -42,7 +43,7 @@ def write_model_card(output_dir: str, *, model_name: str, base_model: str, repor
     metadata = {
         "library_name": "transformers",
         "pipeline_tag": "question-answering",
-        "tags": ["question-answering", "pruning", "sparse", "hf_prune"] + ([] if config is None else pattern.split("+")),
+        "tags": ["question-answering", "pruning", "sparse", "hf_prune"] + patterns,
         "datasets": [dataset],
         "base_model": base_model,
         "model-index": [{"name": model_name, "results": [{

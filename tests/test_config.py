@@ -95,10 +95,10 @@ def test_with_end_step_keeps_explicit_value():
 
 def test_describe_names_every_group():
     assert PruningConfig(target_sparsity=0.8).describe() == "4x1 0.80"
-    assert PruningConfig(target_sparsity=0.8).pattern_names() == "4x1"
+    assert PruningConfig(target_sparsity=0.8).pattern_names() == ["4x1"]
     config = PruningConfig(target_sparsity=0.5, pattern="head",
                            groups=[{"include": ["ffn"], "pattern": "channel", "target_sparsity": 0.6, "name": "ffn"}])
     assert config.describe() == "channel 0.60 (ffn) + head 0.50 (default)"
-    assert config.pattern_names() == "channel+head"
+    assert config.pattern_names() == ["channel", "head"]
     same_pattern = PruningConfig(groups=[{"include": ["ffn"], "target_sparsity": 0.5}])
-    assert same_pattern.pattern_names() == "4x1"
+    assert same_pattern.pattern_names() == ["4x1"]
