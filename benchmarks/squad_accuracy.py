@@ -69,6 +69,8 @@ RUNS = {
     # 2:4 with local scope: every layer becomes 2:4 at the same pace (with global ranking, every layer must still
     # end 2:4, so the ranking only decides which layers are converted last, all at once)
     "hf-2-4-kd-local": Run("2-4.yaml", extra=("--pruning_scope", "local")),
+    # the same run with another seed: how far apart two runs of one setting land (the noise floor of the table)
+    "hf-4x1-kd-seed43": Run("4x1.yaml", extra=("--seed", "43")),
     # what more budget buys: 4x1 @ 0.8 over two epochs (1,054 steps), pruning done at 70 % of them
     "hf-4x1-kd-2ep": Run("4x1.yaml", extra=("--num_train_epochs", "2", "--pruning_end_step", "740")),
 }
