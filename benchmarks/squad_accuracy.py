@@ -139,7 +139,8 @@ def execute(name: str, passthrough: List[str]) -> dict:
 
 
 def table(names: List[str]) -> str:
-    """Markdown rows of the finished runs, with delta F1 to the dense run."""
+    """Markdown rows of the finished runs, with delta F1 to the dense run, then a line naming the runs that have
+    not finished (they have no row)."""
     rows = {}
     for name in names:
         path = os.path.join(RUNS_DIR, name, ROW_NAME)
@@ -163,16 +164,10 @@ def table(names: List[str]) -> str:
             f"{delta(name, 'dense-continued')} | "
             f"{row['wall_seconds'] / 60:.1f} min | {row['seconds_per_step']:.2f} | {row['peak_rss_mib'] / 1024:.1f} GiB | "
             f"{row['commit']} | {row['date']} |")
-    return "\n".join(lines)
-
-
-def table_with_unfinished(names: List[str]) -> str:
-    """The table plus one line naming the runs that have not finished (they have no row)."""
-    unfinished = [name for name in names if not os.path.isfile(os.path.join(RUNS_DIR, name, ROW_NAME))]
-    text = table(names)
+    unfinished = [name for name in names if name not in rows]
     if unfinished:
-        text += "\n\nNot finished (no row until a run completes): " + ", ".join(f"`{n}`" for n in unfinished) + "."
-    return text
+        lines += ["", "Not finished (no row until a run completes): " + ", ".join(f"`{n}`" for n in unfinished) + "."]
+    return "\n".join(lines)
 
 
 def write_results(names: List[str], path: str = RESULTS) -> None:
@@ -182,7 +177,7 @@ def write_results(names: List[str], path: str = RESULTS) -> None:
     start, end = text.find(TABLE_START), text.find(TABLE_END)
     if start < 0 or end < start:
         raise ValueError(f"{path} has no block between {TABLE_START!r} and {TABLE_END!r} to replace")
-    text = text[: start + len(TABLE_START)] + "\n" + table_with_unfinished(names) + "\n" + text[end:]
+    text = text[: start + len(TABLE_START)] + "\n" + table(names) + "\n" + text[end:]
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
 
@@ -206,7 +201,7 @@ def main() -> None:
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     os.chdir(ROOT)
     if options.table:
-        print(table_with_unfinished(list(RUNS)))
+        print(table(list(RUNS)))
     elif options.write_results:
         write_results(list(RUNS))
     elif options.run:
