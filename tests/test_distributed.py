@@ -25,7 +25,7 @@ def _launch(nproc: int, *worker_args: str) -> None:
                f"--master_port={_free_port()}", WORKER, *worker_args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, "stderr:\n" + result.stderr[-3000:] + "\nstdout:\n" + result.stdout[-3000:]
 
 
 @pytest.fixture(scope="module")
