@@ -6,24 +6,32 @@ import os
 from typing import Optional, Union
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import PruningConfig
+from .distillation.simkd import folded_head
+from .export import save_pruning_artifacts
 from .pruner import PRUNER_STATE_NAME, Pruner
+from .trainer_context import move_to_front, running_trainer
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PruningTrainerCallback", "add_pruning_callback"]
 
 
-class PruningTrainerCallback(TrainerCallback):
+class PruningTrainerCallback(TrainerCallback, ExportableState):
     """Gradual pruning inside any ``transformers.Trainer``.
 
     Scores are updated on the clipped, unscaled gradients of every optimizer step; masks are re-applied after
-    every optimizer step and rebuilt at the schedule's events. Each checkpoint gets ``pruner_state.safetensors``
-    (masks and scores); ``trainer.train(resume_from_checkpoint=...)`` restores it, looking in
-    ``args.resume_from_checkpoint`` if that is a path, else in ``output_dir/checkpoint-<global_step>``.
-    ``end_step=None`` in the config means 3/4 of the Trainer's ``max_steps``.
+    every optimizer step and rebuilt at the schedule's events. Unset ``start_step``/``end_step``/``frequency``
+    are resolved from the Trainer's ``max_steps`` at the first ``on_train_begin`` and then fixed: a checkpoint
+    stores the resolved config and a resume uses it (a resume with a config that changes masks is refused).
+
+    Every checkpoint holds ``pruner_state.safetensors`` (masks and scores), ``pruning_config.json`` and the
+    sparsity report, written before the Trainer pushes it or rotates older checkpoints away;
+    ``trainer.train(resume_from_checkpoint=...)`` restores them. With ``load_best_model_at_end`` the masks of
+    the best checkpoint come back with its weights.
     """
 
     def __init__(self, config: Union[PruningConfig, dict, str], resume_from: Optional[str] = None) -> None:
@@ -34,15 +42,27 @@ class PruningTrainerCallback(TrainerCallback):
         self.config = config
         self.resume_from = resume_from
         self.pruner: Optional[Pruner] = None
+        self._args = self._trainer_state = None  # the Trainer's, kept for ``state()`` (called without them)
 
+    # ---- training events ---------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        trainer, resumed_from = running_trainer()
+        if trainer is not None:
+            move_to_front(trainer.callback_handler.callbacks, self)  # reporting integrations then see `sparsity`
+        self._args, self._trainer_state = args, state
+        checkpoint = self._checkpoint_dir(args, state, resumed_from) if state.global_step > 0 else None
         if self.pruner is None:
-            config = self.config.with_end_step(max(1, (3 * state.max_steps) // 4))
+            config = self._resolved_config(state.max_steps, checkpoint)
             self.pruner = Pruner(model, config)
-            logger.info("pruning %d Linear layers in %d group(s), events at steps %s", len(self.pruner.masks),
-                        len(self.pruner.groups), self.pruner.groups[0].schedule.event_steps())
-        if state.global_step > 0:
-            self.pruner.load_state(self._checkpoint_dir(args, state))
+            if hasattr(model, "add_model_tags"):  # the Trainer's model card lists them
+                model.add_model_tags(["hf_prune", "pruning", "sparse", *config.pattern_names()])
+            for group in self.pruner.groups:
+                logger.info("pruning group %r: %s %.2f over %d layers, events at steps %s", group.config.name,
+                            group.pattern.name, group.config.target_sparsity, len(group.names),
+                            group.schedule.event_steps())
+        self._check_schedule_fits(state.max_steps)
+        if checkpoint is not None:
+            self.pruner.load_state(checkpoint)
             self.pruner.apply_masks()
         elif self.pruner.last_event_step is None:
             self.pruner.step(0)  # a schedule that starts at step 0 (magnitude only) prunes before training
@@ -58,42 +78,105 @@ class PruningTrainerCallback(TrainerCallback):
         self.pruner.step(state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
+        self._save_into_checkpoint()  # already done in ``state()`` unless the Trainer skipped it
+
+    def on_push_begin(self, args, state, control, model=None, **kwargs):
+        self._save_into_checkpoint()
         if args.should_save:
-            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            if os.path.isdir(folder):
-                self.pruner.save_state(folder)
+            self._write_artifacts(args.output_dir, model)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.pruner is None or logs is None:
             return
-        metrics = {"sparsity": round(self.pruner.sparsity(), 4)}
-        if len(self.pruner.groups) > 1:
-            metrics.update({f"sparsity/{k}": round(v, 4) for k, v in self.pruner.group_sparsity().items()})
+        if any(key.startswith("eval_") for key in logs):  # evaluation results: the Trainer's model card shows them
+            metrics = {"eval_sparsity": round(self.pruner.sparsity(), 4),
+                       "eval_target_sparsity": self.config.target_sparsity}
+        else:
+            metrics = {"sparsity": round(self.pruner.sparsity(), 4)}
+            if len(self.pruner.groups) > 1:
+                metrics.update({f"sparsity/{k}": round(v, 4) for k, v in self.pruner.group_sparsity().items()})
         logs.update(metrics)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(metrics)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if args.load_best_model_at_end and state.best_model_checkpoint is not None:
+            self._restore_best(state, model)
         self.pruner.apply_masks()
+        if args.should_save:
+            self._write_artifacts(args.output_dir, model)
 
-    def _checkpoint_dir(self, args, state) -> str:
-        candidates = [self.resume_from, getattr(args, "resume_from_checkpoint", None),
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        """``ExportableState``: the Trainer calls this while it saves a checkpoint, after the model and before it
+        pushes the checkpoint or deletes older ones, so the pruner state is written here, completing the folder
+        first. The returned config lets ``restore_callback_states_from_checkpoint`` rebuild this callback."""
+        self._save_into_checkpoint()
+        config = self.pruner.config if self.pruner is not None else self.config
+        return {"args": {"config": config.to_dict()}, "attributes": {}}
+
+    def _save_into_checkpoint(self) -> None:
+        if self.pruner is None or self._args is None or not self._args.should_save:
+            return
+        folder = os.path.join(self._args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self._trainer_state.global_step}")
+        if os.path.isdir(folder):
+            self.pruner.save_state(folder)
+            self._write_artifacts(folder, self.pruner.model)
+
+    def _write_artifacts(self, folder: str, model) -> None:
+        """``pruning_config.json`` and the sparsity report of the model as it is saved (a SimKD head folded)."""
+        with folded_head(model):
+            report = self.pruner.sparsity_report()
+        save_pruning_artifacts(folder, report, self.pruner.config)
+
+    def _restore_best(self, state, model) -> None:
+        """The Trainer has loaded the best checkpoint's weights: its masks come with them, so the returned model,
+        the masks and every reported figure describe the same weights."""
+        self.pruner.load_state(state.best_model_checkpoint)
+        measured = self.pruner.sparsity_report().pruned_sparsity
+        logger.warning("load_best_model_at_end: returning %s (sparsity %.4f of the pruned layers; the schedule's "
+                       "target is %.4f)", state.best_model_checkpoint, measured, self.pruner.config.target_sparsity)
+        summary = next((entry for entry in reversed(state.log_history) if "train_runtime" in entry), None)
+        if summary is not None:
+            summary.update(sparsity=round(self.pruner.sparsity(), 4), best_model_checkpoint=state.best_model_checkpoint)
+
+    def _resolved_config(self, max_steps: int, checkpoint: Optional[str]) -> PruningConfig:
+        """The config resolved at the run's first ``on_train_begin``; on resume, the one the checkpoint holds."""
+        saved = Pruner.saved_config(checkpoint) if checkpoint else None
+        if saved is None:
+            return self.config.resolve_steps(max_steps)
+        conflicts = self.config.conflicts_with(saved)
+        if conflicts:
+            changes = ", ".join(f"{key}: {getattr(saved, key)!r} in the checkpoint, {getattr(self.config, key)!r} now"
+                                for key in conflicts)
+            raise ValueError(f"resuming from {checkpoint} with a pruning config that changes its masks ({changes}); "
+                             "resume with the checkpoint's config (its pruning_config.json), or start a new run")
+        return saved
+
+    def _check_schedule_fits(self, max_steps: int) -> None:
+        late = [group for group in self.pruner.groups if group.schedule.end_step > max_steps]
+        if late:
+            group = late[0]
+            raise ValueError(f"pruning group {group.config.name!r} reaches its target at end_step "
+                             f"{group.schedule.end_step}, after the run's last step (max_steps {max_steps}): it "
+                             "would end below target; lower end_step (or leave it unset) or train longer")
+
+    def _checkpoint_dir(self, args, state, resumed_from: Optional[str]) -> str:
+        candidates = [self.resume_from, resumed_from, getattr(args, "resume_from_checkpoint", None),
                       os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")]
         for folder in candidates:
             if isinstance(folder, str) and os.path.isfile(os.path.join(folder, PRUNER_STATE_NAME)):
                 return folder
         raise ValueError(
             f"resuming at step {state.global_step} but no {PRUNER_STATE_NAME} was found in "
-            f"{[c for c in candidates if isinstance(c, str)]}; pass PruningTrainerCallback(config, "
-            "resume_from=<checkpoint folder>) when the checkpoint lives outside output_dir"
+            f"{[c for c in candidates if isinstance(c, str)]}: the checkpoint was not saved with pruning"
         )
 
 
 def add_pruning_callback(trainer, config: Union[PruningConfig, dict, str, TrainerCallback]) -> TrainerCallback:
     """Add a ``PruningTrainerCallback`` (built from ``config``, or ``config`` itself when it already is a
-    callback) ahead of the Trainer's other callbacks. ``Trainer(callbacks=[...])`` places user callbacks after
-    the reporting integrations, so TensorBoard or W&B would log before ``sparsity`` is added; first in line,
-    every integration sees it."""
+    callback) ahead of the Trainer's other callbacks, so that every reporting integration sees ``sparsity``.
+    ``Trainer(callbacks=[PruningTrainerCallback(config)])`` gets the same order at ``on_train_begin``."""
     callback = config if isinstance(config, TrainerCallback) else PruningTrainerCallback(config)
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback

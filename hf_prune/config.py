@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 
 from .config_io import JsonConfigMixin
 from .criteria import CRITERIA
+from .modules import HEAD_NAME_PATTERN
 from .patterns import get_pattern
 from .schedules import SCHEDULES
 
@@ -16,10 +17,16 @@ __all__ = ["PruningConfig", "CONFIG_NAME", "DEFAULT_EXCLUDE", "load_yaml"]
 
 CONFIG_NAME = "pruning_config.json"
 
-#: Task heads and poolers are never pruned by default: they are small and every output depends on them.
-DEFAULT_EXCLUDE: List[str] = [
-    r"(^|\.)(qa_outputs|classifier|pre_classifier|lm_head|score|pooler|cls|vocab_projector)(\.|$)"
-]
+#: Task heads and poolers are never pruned by default: they are small and every output depends on them. (The
+#: Pruner also keeps the heads it finds from the model itself dense unless an ``include`` names them.)
+DEFAULT_EXCLUDE: List[str] = [HEAD_NAME_PATTERN]
+#: Fields that only name things: every other field changes which weights end up masked.
+NAMING_FIELDS = ("name",)
+#: Fields the Trainer's ``max_steps`` fills in when unset (see :meth:`PruningConfig.resolve_steps`).
+STEP_FIELDS = ("start_step", "end_step", "frequency")
+#: Default schedule, as fractions of ``max_steps``: scores accumulate over the first tenth, the target is reached
+#: at three quarters, in about ten events (the first cubic event then prunes about a quarter of the target).
+DEFAULT_START_FRACTION, DEFAULT_END_FRACTION, DEFAULT_EVENTS = 0.1, 0.75, 10
 SCOPES = ("global", "local")
 BLOCK_REDUCTIONS = ("mean", "sum")
 
@@ -62,9 +69,9 @@ class PruningConfig(JsonConfigMixin):
     momentum: float = 0.9
     block_reduce: str = "mean"
     schedule: str = "cubic"
-    start_step: int = 1
+    start_step: Optional[int] = None
     end_step: Optional[int] = None
-    frequency: int = 100
+    frequency: Optional[int] = None
     scope: str = "global"
     min_sparsity_per_layer: float = 0.0
     max_sparsity_per_layer: float = 0.98
@@ -77,8 +84,7 @@ class PruningConfig(JsonConfigMixin):
     config_kind: ClassVar[str] = "pruning"
 
     def __post_init__(self) -> None:
-        if isinstance(self.target_sparsity, bool) or not isinstance(self.target_sparsity, (int, float)):
-            raise ValueError(f"target_sparsity must be a number in [0, 1), got {self.target_sparsity!r}")
+        self._check_types()
         if not 0.0 <= self.target_sparsity < 1.0:
             raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
         pattern = get_pattern(self.pattern)
@@ -114,18 +120,30 @@ class PruningConfig(JsonConfigMixin):
         for index, group in enumerate(self.groups):
             self._group_config(index, group)
 
-    def _check_steps(self) -> None:
-        for key in ("start_step", "frequency"):
+    def _check_types(self) -> None:
+        """Each field of the type it documents, so a recipe's ``momentum: "x"`` is refused by name, not a TypeError."""
+        numbers = ("target_sparsity", "momentum", "min_sparsity_per_layer", "max_sparsity_per_layer")
+        for key in numbers:
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{key} must be an integer, got {value!r}")
-        if self.start_step < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{key} must be a number, got {value!r} ({type(value).__name__})")
+        for key in STEP_FIELDS:
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{key} must be an integer or unset (None), got {value!r} ({type(value).__name__})")
+        for key in ("pattern", "criterion", "block_reduce", "schedule", "scope"):
+            value = getattr(self, key)
+            if not isinstance(value, str):
+                raise ValueError(f"{key} must be a string, got {value!r} ({type(value).__name__})")
+        if self.name is not None and not isinstance(self.name, str):
+            raise ValueError(f"name must be a string, got {self.name!r}")
+
+    def _check_steps(self) -> None:
+        if self.start_step is not None and self.start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {self.start_step}")
-        if self.frequency <= 0:
+        if self.frequency is not None and self.frequency <= 0:
             raise ValueError(f"frequency must be a positive number of steps, got {self.frequency}")
-        if self.end_step is not None:
-            if isinstance(self.end_step, bool) or not isinstance(self.end_step, int):
-                raise ValueError(f"end_step must be an integer or None, got {self.end_step!r}")
+        if self.start_step is not None and self.end_step is not None:
             if self.start_step > self.end_step:
                 raise ValueError(f"start_step ({self.start_step}) must be <= end_step ({self.end_step})")
             if self.schedule == "oneshot" and self.end_step != self.start_step:
@@ -172,13 +190,34 @@ class PruningConfig(JsonConfigMixin):
             return f"{self.pattern} {self.target_sparsity:.2f}"
         return " + ".join(f"{group.pattern} {group.target_sparsity:.2f} ({group.name})" for group in groups)
 
-    def with_end_step(self, end_step: int) -> "PruningConfig":
-        """Copy with an unset ``end_step`` filled in (the callback does this once the Trainer knows
-        ``max_steps``); an explicit ``end_step`` is kept."""
-        if self.end_step is not None:
-            return self
-        resolved = self.start_step if self.schedule == "oneshot" else max(end_step, self.start_step)
-        return dataclasses.replace(self, end_step=resolved)
+    @property
+    def steps_resolved(self) -> bool:
+        return all(getattr(self, key) is not None for key in STEP_FIELDS)
+
+    def resolve_steps(self, max_steps: int) -> "PruningConfig":
+        """Copy with unset ``start_step``/``end_step``/``frequency`` filled in from the run's ``max_steps`` (the
+        callback does this once, at the first ``on_train_begin``); explicit values are kept. The defaults give a
+        gradual schedule whatever the length: start after a tenth of the steps (scores accumulate first), reach
+        the target at three quarters, about ten events in between."""
+        total = max(1, int(max_steps))
+        start = self.start_step if self.start_step is not None else max(1, int(DEFAULT_START_FRACTION * total))
+        if self.schedule == "oneshot":
+            end = start
+        else:
+            end = self.end_step if self.end_step is not None else max(start, int(DEFAULT_END_FRACTION * total))
+        frequency = self.frequency if self.frequency is not None else max(1, (end - start) // DEFAULT_EVENTS)
+        return dataclasses.replace(self, start_step=start, end_step=end, frequency=frequency)
+
+    def conflicts_with(self, saved: "PruningConfig") -> List[str]:
+        """Fields on which this config disagrees with ``saved`` (the resolved config a checkpoint was trained
+        with) in a way that changes masks. Step fields left unset here take the saved values, so they agree."""
+        fields = []
+        for key in self.field_names():
+            if key in NAMING_FIELDS or (key in STEP_FIELDS and getattr(self, key) is None):
+                continue
+            if getattr(self, key) != getattr(saved, key):
+                fields.append(key)
+        return fields
 
     # ---- serialisation (to_dict, from_dict, save_pretrained, from_pretrained: JsonConfigMixin) ---------
     @classmethod

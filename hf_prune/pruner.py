@@ -26,8 +26,9 @@ from torch import nn
 from .architectures import StructuredBlock, find_blocks
 from .config import PruningConfig
 from .criteria import Criterion, get_criterion
+from .modules import oriented, prunable_modules, refuse_adapter_models, task_head_names
 from .patterns import Pattern, get_pattern
-from .report import SparsityReport, sparsity_report
+from .report import FROZEN, SparsityReport, sparsity_report
 from .schedules import PruningSchedule
 
 logger = logging.getLogger(__name__)
@@ -82,12 +83,16 @@ class Pruner:
     def __init__(self, model: nn.Module, config: PruningConfig) -> None:
         if config.end_step is None:
             raise ValueError(
-                "PruningConfig.end_step is unset; give the step at which pruning reaches the target "
-                "(PruningTrainerCallback fills it in from the Trainer's max_steps)"
+                "PruningConfig.end_step is unset; give the step at which pruning reaches the target, or call "
+                "config.resolve_steps(max_steps) (PruningTrainerCallback does this from the Trainer's max_steps)"
             )
+        config = config.resolve_steps(config.end_step)  # unset start_step/frequency: a tenth in, ~ten events
+        refuse_adapter_models(model)
         self.model = model
         self.config = config
-        self.modules: Dict[str, nn.Linear] = {}
+        self.modules: Dict[str, nn.Module] = {}
+        #: frozen weights (requires_grad=False) a gradient criterion left dense: they never get a score
+        self.frozen: List[str] = []
         self.groups: List[PruningGroup] = self._build_groups(model, config)
         self.masks: Dict[str, torch.Tensor] = {}
         self.bias_masks: Dict[str, torch.Tensor] = {}  # structured patterns: biases of the units' output rows
@@ -97,7 +102,7 @@ class Pruner:
                 module = self.modules[name]
                 self.masks[name] = torch.ones_like(module.weight, dtype=torch.bool)
                 if group.criterion.needs_gradient:
-                    shape = group.score_shape(name, tuple(module.weight.shape))
+                    shape = group.score_shape(name, tuple(oriented(module, module.weight).shape))
                     self.scores[name] = torch.zeros(shape, dtype=torch.float32, device=module.weight.device)
                 if name in group.roles and group.roles[name][1] == "rows" and module.bias is not None:
                     self.bias_masks[name] = torch.ones_like(module.bias, dtype=torch.bool)
@@ -105,9 +110,10 @@ class Pruner:
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _build_groups(self, model: nn.Module, config: PruningConfig) -> List[PruningGroup]:
-        linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+        linears = prunable_modules(model)
         if not linears:
-            raise ValueError(f"{type(model).__name__} has no nn.Linear module to prune")
+            raise ValueError(f"{type(model).__name__} has no nn.Linear module (nor Conv1D) to prune")
+        heads = task_head_names(model, linears)
         claimed: Dict[str, str] = {}
         groups = []
         group_configs = config.resolved_groups()
@@ -115,6 +121,10 @@ class Pruner:
             is_default = index == len(group_configs) - 1
             pattern = get_pattern(group_config.pattern)
             selected = self._select(list(linears), group_config, claimed)
+            if group_config.include is None:  # heads are pruned only when an include names them
+                selected = [name for name in selected if name not in heads]
+            if get_criterion(group_config.criterion).needs_gradient:
+                selected = self._drop_frozen(selected, group_config)
             blocks = []
             if pattern.structured:  # whole units: the group prunes its blocks' modules, nothing else
                 blocks = self._structured_blocks(model, pattern, group_config, selected)
@@ -122,11 +132,11 @@ class Pruner:
             if not selected and not (is_default and config.groups):
                 raise ValueError(
                     f"pruning group {group_config.name!r} selects no nn.Linear module: every module its include "
-                    "matches is excluded or taken by an earlier group"
+                    "matches is excluded, a task head, frozen, or taken by an earlier group"
                 )
             for name in selected:
                 if not pattern.structured:
-                    pattern.check_shape(name, tuple(linears[name].weight.shape))
+                    pattern.check_shape(name, tuple(oriented(linears[name], linears[name].weight).shape))
                 claimed[name] = group_config.name
                 self.modules[name] = linears[name]
             if selected:
@@ -135,6 +145,16 @@ class Pruner:
                 groups.append(PruningGroup(group_config, pattern, get_criterion(group_config.criterion),
                                            schedule, selected, blocks))
         return groups
+
+    def _drop_frozen(self, selected: List[str], group_config: PruningConfig) -> List[str]:
+        """A frozen weight never gets a gradient, so a gradient criterion would score it 0 and prune it first, by
+        index order: leave it dense and say so (magnitude, which needs no gradient, may prune it)."""
+        frozen = [name for name in selected if not self.model.get_submodule(name).weight.requires_grad]
+        if frozen:
+            logger.warning("group %r: %d frozen layer(s) (requires_grad=False) left dense, criterion %r needs their "
+                           "gradients: %s", group_config.name, len(frozen), group_config.criterion, ", ".join(frozen))
+            self.frozen.extend(frozen)
+        return [name for name in selected if name not in frozen]
 
     @staticmethod
     def _select(names: List[str], group_config: PruningConfig, claimed: Dict[str, str]) -> List[str]:
@@ -186,9 +206,10 @@ class Pruner:
             if not group.criterion.needs_gradient:
                 continue
             for name in group.names:
-                weight = self.modules[name].weight
-                if weight.grad is not None:
-                    element = group.criterion.element_scores(weight, weight.grad)
+                module = self.modules[name]
+                if module.weight.grad is not None:
+                    element = group.criterion.element_scores(oriented(module, module.weight),
+                                                             oriented(module, module.weight.grad))
                     updates.append((name, group.momentum, group.reduce(name, element)))
         if not updates:
             return
@@ -235,7 +256,8 @@ class Pruner:
     def _block_scores(self, group: PruningGroup, name: str) -> torch.Tensor:
         if group.criterion.needs_gradient:
             return self.scores[name]
-        return group.reduce(name, group.criterion.element_scores(self.modules[name].weight, None))
+        module = self.modules[name]
+        return group.reduce(name, group.criterion.element_scores(oriented(module, module.weight), None))
 
     @torch.no_grad()
     def _prune_group(self, group: PruningGroup, sparsity: float) -> None:
@@ -261,9 +283,10 @@ class Pruner:
             if group.pattern.structured:
                 self._mask_block(group, blocks[entry], ~pruned)
             else:
-                weight = self.modules[entry].weight
-                mask = group.pattern.build_mask(block_scores[entry], pruned, tuple(weight.shape))
-                self.masks[entry] = mask.to(weight.device)
+                module = self.modules[entry]
+                shape = tuple(oriented(module, module.weight).shape)
+                mask = group.pattern.build_mask(block_scores[entry], pruned, shape)
+                self.masks[entry] = oriented(module, mask).contiguous().to(module.weight.device)
 
     def _structured_costs(self, group: PruningGroup, unit_scores: Dict[str, torch.Tensor]):
         """Cost of each unit of each block: its members' unit scores summed. Every unit of a group holds the
@@ -324,7 +347,10 @@ class Pruner:
         return result
 
     def patterns(self) -> Dict[str, str]:
-        return {name: group.pattern.name for group in self.groups for name in group.names}
+        """Pattern of each pruned layer; frozen layers a gradient criterion skipped are marked ``"frozen"``."""
+        patterns = {name: FROZEN for name in self.frozen}
+        patterns.update({name: group.pattern.name for group in self.groups for name in group.names})
+        return patterns
 
     def sparsity_report(self) -> SparsityReport:
         return sparsity_report(self.model, self.patterns())
@@ -361,6 +387,18 @@ class Pruner:
         path = os.path.join(directory, PRUNER_STATE_NAME)
         save_file(tensors, path, metadata=metadata)
         return path
+
+    @staticmethod
+    def saved_config(directory: str) -> Optional[PruningConfig]:
+        """The resolved config stored with the pruner state in ``directory`` (None when there is none)."""
+        from safetensors import safe_open
+
+        path = os.path.join(directory, PRUNER_STATE_NAME)
+        if not os.path.isfile(path):
+            return None
+        with safe_open(path, framework="pt") as handle:
+            config = (handle.metadata() or {}).get("config")
+        return PruningConfig.from_dict(json.loads(config), source=path) if config else None
 
     def load_state(self, directory: str) -> None:
         from safetensors import safe_open

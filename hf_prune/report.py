@@ -11,7 +11,13 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-__all__ = ["LayerSparsity", "SparsityReport", "sparsity_report"]
+from .modules import prunable_modules
+
+__all__ = ["LayerSparsity", "SparsityReport", "sparsity_report", "DENSE", "FROZEN"]
+
+DENSE = "dense"
+#: a frozen layer that a gradient criterion left dense (it has no gradient to score it by)
+FROZEN = "frozen (not pruned)"
 
 
 @dataclass
@@ -39,7 +45,7 @@ class SparsityReport:
 
     @property
     def pruned_sparsity(self) -> float:
-        return self._total([row for row in self.layers if row.pattern != "dense"])
+        return self._total([row for row in self.layers if row.pattern not in (DENSE, FROZEN)])
 
     @property
     def linear_sparsity(self) -> float:
@@ -63,17 +69,15 @@ class SparsityReport:
 
 @torch.no_grad()
 def sparsity_report(model: nn.Module, patterns: Optional[Dict[str, str]] = None) -> SparsityReport:
-    """Rows for every ``nn.Linear``. ``patterns`` maps pruned layer names to their pattern; without it, a
-    layer counts as pruned when any of its weights is exactly zero."""
+    """Rows for every ``nn.Linear`` (and ``Conv1D``). ``patterns`` maps pruned layer names to their pattern;
+    without it, a layer counts as pruned when any of its weights is exactly zero."""
     rows = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
+    for name, module in prunable_modules(model).items():
         weight = module.weight
         zeros = int((weight == 0).sum())
         if patterns is None:
-            pattern = "sparse" if zeros else "dense"
+            pattern = "sparse" if zeros else DENSE
         else:
-            pattern = patterns.get(name, "dense")
+            pattern = patterns.get(name, DENSE)
         rows.append(LayerSparsity(name, list(weight.shape), pattern, zeros, weight.numel()))
     return SparsityReport(rows)

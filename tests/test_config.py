@@ -87,10 +87,41 @@ def test_groups_inherit_top_level_fields():
     assert (default.name, default.pattern, default.target_sparsity) == ("default", "4x1", 0.7)
 
 
-def test_with_end_step_keeps_explicit_value():
-    assert PruningConfig(end_step=7).with_end_step(100).end_step == 7
-    assert PruningConfig().with_end_step(100).end_step == 100
-    assert PruningConfig(schedule="oneshot", start_step=3).with_end_step(100).end_step == 3
+def test_resolve_steps_keeps_explicit_values():
+    assert PruningConfig(end_step=7, start_step=1).resolve_steps(100).end_step == 7
+    assert PruningConfig(schedule="oneshot", start_step=3).resolve_steps(100).end_step == 3
+    resolved = PruningConfig(frequency=4).resolve_steps(20)
+    assert (resolved.start_step, resolved.end_step, resolved.frequency) == (2, 15, 4)
+
+
+@pytest.mark.parametrize("max_steps", [30, 100, 300, 527, 5000])
+def test_default_schedule_is_gradual_whatever_max_steps(max_steps):
+    """Issue 13.7: scores accumulate before the first event, at least 8 events, none above ~30 % of the target."""
+    from hf_prune.schedules import PruningSchedule
+
+    config = PruningConfig(target_sparsity=0.8, pattern="4x1").resolve_steps(max_steps)
+    schedule = PruningSchedule(config.schedule, config.start_step, config.end_step, config.frequency, 0.8)
+    events = schedule.event_steps()
+    assert events[0] > 1 and len(events) >= 8 and events[-1] <= max_steps
+    levels = [0.0] + [schedule.sparsity_at(step) for step in events]
+    assert max(b - a for a, b in zip(levels, levels[1:])) <= 0.3 * 0.8
+    assert levels[-1] == 0.8
+
+
+def test_conflicts_with_names_fields_that_change_masks():
+    saved = PruningConfig(target_sparsity=0.6).resolve_steps(100)
+    assert PruningConfig(target_sparsity=0.6).conflicts_with(saved) == []  # unset steps take the saved ones
+    assert PruningConfig(target_sparsity=0.9).conflicts_with(saved) == ["target_sparsity"]
+    assert PruningConfig(target_sparsity=0.6, pattern="1x1", end_step=50, start_step=1).conflicts_with(saved) == [
+        "pattern", "start_step", "end_step"]
+    assert PruningConfig(target_sparsity=0.6, name="other").conflicts_with(saved) == []
+
+
+@pytest.mark.parametrize("field, value", [("momentum", "x"), ("min_sparsity_per_layer", "0.1"), ("start_step", 1.5),
+                                          ("target_sparsity", None), ("pattern", 4)])
+def test_wrong_types_are_refused_by_name(field, value):
+    with pytest.raises(ValueError, match=field):
+        PruningConfig(**{field: value})
 
 
 def test_describe_names_every_group():

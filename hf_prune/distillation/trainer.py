@@ -1,6 +1,7 @@
-"""``DistillationTrainer``: a ``Trainer`` whose loss mixes the student's task loss with knowledge from a
-frozen teacher. It overrides ``compute_loss``, what saving and resuming need (folding the SimKD head), and
-``log`` (to report the loss terms); nothing else."""
+"""``DistillationTrainer``: a ``Trainer`` whose training loss mixes the student's task loss with knowledge from a
+frozen teacher. It overrides ``compute_loss``, what saving, resuming and ``load_best_model_at_end`` need (folding
+the SimKD head), and ``log`` (to report the loss terms); nothing else. Evaluation is the stock Trainer's:
+``eval_loss`` is the task loss, so best-model selection means what it means without distillation."""
 from __future__ import annotations
 
 import os
@@ -85,8 +86,11 @@ class DistillationTrainer(Trainer):
 
     # ---- loss ------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:  # evaluation and prediction: the task loss, exactly as the stock Trainer has it
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         config = self.distillation_config
-        outputs = model(**inputs)
+        labels = inputs.get("labels") if self.label_smoother is not None or self.compute_loss_func is not None else None
+        outputs = model(**{key: value for key, value in inputs.items() if labels is None or key != "labels"})
         device = next(model.parameters()).device
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
@@ -98,9 +102,7 @@ class DistillationTrainer(Trainer):
         if config.distill_loss_weight > 0:
             terms["loss_kd"] = self._kd(outputs, teacher_outputs, mask)
         if config.hard_label_weight > 0:
-            if getattr(outputs, "loss", None) is None:
-                raise ValueError("hard_label_weight > 0 needs labels (start/end positions or labels) in the batch")
-            terms["loss_hard"] = outputs.loss
+            terms["loss_hard"] = self._task_loss(model, outputs, labels)
         if self.simkd_head is not None and config.feature_weight > 0:
             token_mask = mask if self.simkd_head.projected.dim() == 3 else None
             terms["loss_feature"] = feature_mse(self.simkd_head.projected, self._teacher_features, token_mask)
@@ -112,6 +114,19 @@ class DistillationTrainer(Trainer):
                 self._loss_sums[name] = self._loss_sums.get(name, 0.0) + value.detach().float()
             self._loss_count += 1
         return (loss, outputs) if return_outputs else loss
+
+    def _task_loss(self, model, outputs, labels) -> torch.Tensor:
+        """The student's own loss as the stock Trainer computes it: ``compute_loss_func`` when given, label
+        smoothing (``label_smoothing_factor``) when set, else the model's loss. A per-batch mean, like the KD terms
+        (``loss_is_scaled_for_ga`` is False, so the Trainer divides by the accumulation steps)."""
+        if self.compute_loss_func is not None:
+            return self.compute_loss_func(outputs, labels, num_items_in_batch=None)
+        if labels is not None:
+            name = self.accelerator.unwrap_model(model)._get_name()
+            return self.label_smoother(outputs, labels, shift_labels=name.endswith("ForCausalLM"))
+        if getattr(outputs, "loss", None) is None:
+            raise ValueError("hard_label_weight > 0 needs labels (start/end positions or labels) in the batch")
+        return outputs.loss
 
     def _kd(self, outputs, teacher_outputs, mask) -> torch.Tensor:
         temperature = self.distillation_config.temperature
@@ -144,10 +159,21 @@ class DistillationTrainer(Trainer):
         target = self.model if model is None else model
         with folded_head(target):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if self.simkd_head is not None:
-            path = os.path.join(resume_from_checkpoint, SIMKD_STATE_NAME)
-            if not os.path.isfile(path):
-                raise ValueError(f"resuming a reused_classifier run needs {SIMKD_STATE_NAME} in {resume_from_checkpoint}")
-            from safetensors.torch import load_file
+        self._load_simkd_head(resume_from_checkpoint)
 
-            self.simkd_head.load_state_dict(load_file(path, device=str(self.simkd_head.head.weight.device)))
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the checkpoint holds a folded head; load the body through the folded head
+        and the projector and head from the checkpoint's unfolded copy, so the model is the best one whole."""
+        with folded_head(self.model):
+            super()._load_best_model()
+        self._load_simkd_head(self.state.best_model_checkpoint)
+
+    def _load_simkd_head(self, checkpoint: str) -> None:
+        if self.simkd_head is None:
+            return
+        path = os.path.join(checkpoint, SIMKD_STATE_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"loading a reused_classifier checkpoint needs {SIMKD_STATE_NAME} in {checkpoint}")
+        from safetensors.torch import load_file
+
+        self.simkd_head.load_state_dict(load_file(path, device=str(self.simkd_head.head.weight.device)))

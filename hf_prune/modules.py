@@ -1,0 +1,79 @@
+"""Which modules of a model can be pruned, and how their weights are oriented.
+
+Two layer types hold prunable matrices: ``nn.Linear`` (weight ``[out_features, in_features]``) and transformers'
+``Conv1D`` (GPT-2 and relatives: the same matrix stored transposed, ``[in_features, out_features]``). Patterns are
+defined on the ``[out, in]`` view, so :func:`oriented` gives that view of a weight, grad or mask of either type.
+
+Task heads are never pruned unless asked for by name: every output depends on them. They are found from the model
+itself where it can tell (modules outside ``model.base_model``, the output embeddings) and from a list of the head
+names transformers uses, so a head of a new architecture is recognised without a new list entry.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, Set
+
+import torch
+from torch import nn
+
+__all__ = ["prunable_modules", "task_head_names", "oriented", "is_transposed", "refuse_adapter_models",
+           "HEAD_NAME_PATTERN"]
+
+#: Names transformers gives task heads, output projections and poolers across families (BERT ``qa_outputs``/
+#: ``classifier``/``cls``/``pooler``, DistilBERT ``pre_classifier``/``vocab_projector``, BART/T5
+#: ``classification_head``, GPT-2/Llama ``lm_head``/``score``, Whisper ``proj_out``, ViT ``classifier``).
+HEAD_NAME_PATTERN = (r"(^|\.)(qa_outputs|classifier|pre_classifier|classification_head|lm_head|score|pooler|cls|"
+                     r"vocab_projector|proj_out)(\.|$)")
+
+
+def _conv1d_type():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is a dependency, but the Pruner itself works on any nn.Module
+        return ()
+    return (Conv1D,)
+
+
+def is_transposed(module: nn.Module) -> bool:
+    """True for ``Conv1D``, whose weight is stored ``[in, out]``."""
+    conv1d = _conv1d_type()
+    return bool(conv1d) and isinstance(module, conv1d)
+
+
+def oriented(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (weight-shaped: the weight, its grad or its mask) seen as ``[out, in]``; a view, no copy."""
+    return tensor.t() if is_transposed(module) else tensor
+
+
+def prunable_modules(model: nn.Module) -> Dict[str, nn.Module]:
+    """Every ``nn.Linear`` and ``Conv1D`` of ``model`` by qualified name, in module order."""
+    types = (nn.Linear,) + _conv1d_type()
+    return {name: module for name, module in model.named_modules() if isinstance(module, types)}
+
+
+def task_head_names(model: nn.Module, names) -> Set[str]:
+    """The members of ``names`` that belong to a task head: outside ``model.base_model`` (a transformers task model
+    is its base model plus head modules), the output embeddings, or named like a head (:data:`HEAD_NAME_PATTERN`)."""
+    heads = {name for name in names if re.search(HEAD_NAME_PATTERN, name)}
+    base = getattr(model, "base_model", model)
+    if base is not model:
+        inside = {id(module) for module in base.modules()}
+        heads |= {name for name in names if id(model.get_submodule(name)) not in inside}
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    if isinstance(output, nn.Module):
+        heads |= {name for name in names if model.get_submodule(name) is output}
+    return heads
+
+
+def refuse_adapter_models(model: nn.Module) -> None:
+    """PEFT adapters (LoRA and others) train small extra matrices beside frozen base weights: merging them would
+    undo any mask on the base weight, so hf_prune refuses them rather than report a sparsity the merged model
+    does not have."""
+    adapter = next((name for name, module in model.named_modules()
+                    if hasattr(module, "base_layer") or hasattr(module, "lora_A")), None)
+    if getattr(model, "peft_config", None) is not None or adapter is not None:
+        raise ValueError(
+            f"{type(model).__name__} is a PEFT adapter model (e.g. module {adapter!r}): pruning under LoRA/PEFT "
+            "adapters is not supported, since merge_and_unload() would fill the pruned weights again; prune and "
+            "fine-tune the base model, then add adapters with the weights kept frozen")
