@@ -135,28 +135,43 @@ def from_pretrained(path: str, auto_class=None, config=None, dtype: Optional[tor
                     **kwargs) -> nn.Module:
     """Load a model saved by ``save_pretrained``, slim or not.
 
-    With a slim layout in its config (``config``, or the folder's ``config.json``), the model is built at the
-    slim shapes and the local safetensors weights are loaded strictly; otherwise this is
-    ``auto_class.from_pretrained(path, config=config, **kwargs)`` (``auto_class`` defaults to
-    ``AutoModelForQuestionAnswering``), Hub ids included. ``kwargs`` go to ``from_pretrained`` (cache_dir,
-    revision, token, ...).
+    The model class is ``auto_class`` when given (e.g. ``AutoModelForQuestionAnswering`` to put a new QA head on a
+    base model), else the class the folder was saved as (``config.architectures``); a folder that names none, or
+    a class this transformers does not have, is refused rather than loaded with a head of a guessed task. With a
+    slim layout in its config the model is built at the slim shapes and the local safetensors weights are
+    loaded strictly; otherwise this is ``model_class.from_pretrained(path, config=config, **kwargs)``, Hub ids
+    included. ``kwargs`` go to ``from_pretrained`` (cache_dir, revision, token, ...).
     """
-    from transformers import AutoConfig, AutoModelForQuestionAnswering
+    from transformers import AutoConfig
 
-    auto_class = auto_class or AutoModelForQuestionAnswering
     config = config if config is not None else AutoConfig.from_pretrained(path, **kwargs)
+    model_class = auto_class or _saved_class(path, config)
     layout = getattr(config, SLIM_LAYOUT_KEY, None)
     if not layout:
-        return auto_class.from_pretrained(path, config=config, **({"dtype": dtype} if dtype else {}), **kwargs)
+        return model_class.from_pretrained(path, config=config, **({"dtype": dtype} if dtype else {}), **kwargs)
     if not os.path.isdir(path):
         raise ValueError(f"slim models load from a local folder; download {path!r} first (huggingface_hub."
                          "snapshot_download)")
-    model = auto_class.from_config(config)
+    model = model_class.from_config(config) if hasattr(model_class, "from_config") else model_class(config)
     _resize_to_layout(model, layout)
     _load_safetensors(model, path)
     if dtype is not None:
         model.to(dtype)
     return model.eval()
+
+
+def _saved_class(path: str, config):
+    import transformers
+
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures:
+        raise ValueError(f"{path}: config.json names no architecture to load; pass auto_class= (e.g. "
+                         "transformers.AutoModelForSequenceClassification)")
+    model_class = getattr(transformers, architectures[0], None)
+    if model_class is None:
+        raise ValueError(f"{path}: architecture {architectures[0]!r} is not a class of transformers "
+                         f"{transformers.__version__}; pass auto_class=")
+    return model_class
 
 
 def _load_safetensors(model: nn.Module, folder: str) -> None:

@@ -78,7 +78,7 @@ def test_one_process_checkpoint_resumes_on_two_processes(tmp_path):
     import shutil
 
     single = tmp_path / "single"
-    _launch(1, str(single), "4")
+    _launch(1, str(single), "8", "", "4")  # stopped after step 4 of a run sized for 8
     resumed = tmp_path / "resumed"
     shutil.copytree(single / "checkpoint-4", resumed / "checkpoint-4")
     _launch(2, str(resumed), "8", str(resumed / "checkpoint-4"))
