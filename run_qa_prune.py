@@ -12,6 +12,8 @@ The same flags as transformers' ``examples/pytorch/question-answering/run_qa.py`
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import socket
@@ -19,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, NamedTuple, Optional
 from urllib.parse import urlparse
 
 import datasets
@@ -39,9 +41,11 @@ from transformers import (
 )
 
 from hf_prune import PruningConfig, PruningTrainerCallback, add_pruning_callback, from_pretrained, slim, sparsity_report
-from hf_prune.config import load_yaml
+from hf_prune.config_io import load_yaml
 from hf_prune.distillation import DistillationConfig, folded_head
 from hf_prune.export import save_pruning_artifacts, write_model_card
+from hf_prune.recipe import load_recipe as check_recipe
+from hf_prune.run_outputs import prepare_output_dir, publish, save_metrics, staging_dir
 from hf_prune.patterns import get_pattern
 from hf_prune.qa import (
     QuestionAnsweringDistillationTrainer,
@@ -102,8 +106,9 @@ class PruningArguments:
     recipe: Optional[str] = field(default=None, metadata={
         "help": "YAML recipe of defaults (path, or a file name in recipes/<model>/). Flags override it. Default: "
                 f"recipes/<model>/{DEFAULT_RECIPE} when it exists."})
-    do_prune: Optional[bool] = field(default=None, metadata={
-        "help": "Prune while fine-tuning (default True, or as the recipe says). False: dense fine-tuning."})
+    do_prune: bool = field(default=True, metadata={
+        "help": "Prune while fine-tuning (a flag like --do_train; default: as the recipe says, else True). "
+                "--do_prune False: dense fine-tuning."})
     target_sparsity: Optional[float] = field(default=None, metadata={"help": "Final sparsity in [0, 1)."})
     pruning_pattern: Optional[str] = field(default=None, metadata={"help": "'NxM' blocks (4x1, 1x1, ...) or 'N:M' (2:4)."})
     pruning_criterion: Optional[str] = field(default=None, metadata={
@@ -131,7 +136,27 @@ class DistillationArguments:
     feature_weight: Optional[float] = field(default=None, metadata={"help": "Weight of SimKD's feature loss."})
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, PruningArguments, DistillationArguments, TrainingArguments)
+@dataclass
+class OutputArguments:
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Replace what an earlier run left in --output_dir (its model, results and checkpoints). Without it "
+                "a folder holding a finished model is refused and one holding checkpoints resumes from the last."})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, PruningArguments, DistillationArguments, TrainingArguments,
+                    OutputArguments)
+
+
+class ParsedArguments(NamedTuple):
+    model: ModelArguments
+    data: DataTrainingArguments
+    pruning: PruningArguments
+    distillation: DistillationArguments
+    training: TrainingArguments
+    output: OutputArguments
+    recipe_path: Optional[Path]
+    recipe: dict
+    given: frozenset  # the flags this command (or its argument file) set, by destination name
 PRUNING_FLAGS = {"target_sparsity": "target_sparsity", "pruning_pattern": "pattern", "pruning_criterion": "criterion",
                  "pruning_schedule": "schedule", "pruning_start_step": "start_step", "pruning_end_step": "end_step",
                  "pruning_frequency": "frequency", "pruning_scope": "scope", "prune_include": "include",
@@ -139,7 +164,6 @@ PRUNING_FLAGS = {"target_sparsity": "target_sparsity", "pruning_pattern": "patte
 DISTILL_FLAGS = {"distill_method": "method", "distill_temperature": "temperature",
                  "distill_loss_weight": "distill_loss_weight", "hard_label_weight": "hard_label_weight",
                  "feature_weight": "feature_weight"}
-RECIPE_KEYS = {"description", "expected", "arguments", "pruning", "distillation"}
 
 
 # ---- arguments and recipes ----------------------------------------------------------------------------------
@@ -164,34 +188,37 @@ def _recipe_folder(model_name_or_path: str) -> Optional[Path]:
 
 
 def load_recipe(path: Path, parser: HfArgumentParser) -> dict:
-    recipe = load_yaml(str(path))
-    unknown = sorted(set(recipe) - RECIPE_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: unknown recipe key(s) {unknown}; allowed: {sorted(RECIPE_KEYS)}")
-    dests = {action.dest for action in parser._actions}
-    bad = sorted(set(recipe.get("arguments") or {}) - dests)
-    if bad:
-        raise ValueError(f"{path}: unknown argument(s) {bad} in 'arguments'")
-    if recipe.get("pruning") is not None:
-        PruningConfig.from_dict(recipe["pruning"], source=str(path))
-    if recipe.get("distillation") is not None:
-        DistillationConfig.from_dict(recipe["distillation"], source=str(path))
-    return recipe
+    """The recipe with every section checked (:func:`hf_prune.recipe.load_recipe`) against this script's flags."""
+    return check_recipe(str(path), parser._actions)
 
 
-def parse_arguments(argv: List[str]):
-    """(model, data, pruning, distillation, training args, recipe path, recipe dict). The recipe's
-    ``arguments`` become parser defaults, so a flag on the command line (or in a .json/.yaml file) wins."""
+def given_flags(parser: HfArgumentParser, argv: List[str]) -> frozenset:
+    """Destinations of the flags ``argv`` sets, in any spelling argparse accepts (``--do-eval``, ``--do_eval``,
+    ``--do_eval=True``, an unambiguous prefix): parsed with every default suppressed."""
+    probe = HfArgumentParser(ARGUMENT_CLASSES)
+    for action in probe._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    namespace, _ = probe.parse_known_args(argv)
+    return frozenset(vars(namespace))
+
+
+def parse_arguments(argv: List[str]) -> ParsedArguments:
+    """Every argument dataclass, the recipe and the flags given. The recipe's ``arguments`` become parser
+    defaults, so a flag on the command line (or in a .json/.yaml argument file) wins."""
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     file_args = None
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        file_args = load_yaml(argv[0]) if argv[0].endswith(("yaml", "yml")) else __import__("json").load(open(argv[0]))
-        given = set(file_args)
-        model_name, recipe_arg = file_args.get("model_name_or_path"), file_args.get("recipe")
+        if argv[0].endswith((".yaml", ".yml")):
+            file_args = load_yaml(argv[0])
+        else:
+            with open(argv[0], encoding="utf-8") as handle:
+                file_args = json.load(handle)
+        given = frozenset(file_args)
     else:
-        given = {token[2:].split("=")[0] for token in argv if token.startswith("--")}
-        pre = HfArgumentParser((ModelArguments, PruningArguments)).parse_known_args(argv)[0]
-        model_name, recipe_arg = pre.model_name_or_path, pre.recipe
+        given = given_flags(parser, argv)
+    pre = HfArgumentParser((ModelArguments, PruningArguments)).parse_known_args(argv)[0] if file_args is None else None
+    model_name = file_args.get("model_name_or_path") if file_args is not None else pre.model_name_or_path
+    recipe_arg = file_args.get("recipe") if file_args is not None else pre.recipe
     if not model_name:
         raise ValueError("--model_name_or_path is required")
     recipe_path = find_recipe(recipe_arg, model_name)
@@ -199,7 +226,7 @@ def parse_arguments(argv: List[str]):
     defaults = dict(recipe.get("arguments") or {})
     if not given & {"do_train", "do_eval", "do_predict"} and not defaults.keys() & {"do_train", "do_eval"}:
         defaults.update(do_train=True, do_eval=True)
-    if "output_dir" not in given and "output_dir" not in defaults:
+    if "output_dir" not in given:
         suffix = recipe_path.stem if recipe_path else ("prune" if defaults.get("do_prune", True) else "dense")
         defaults["output_dir"] = os.path.join("outputs", f"{os.path.basename(model_name.rstrip('/'))}-{suffix}")
     if file_args is not None:
@@ -207,15 +234,17 @@ def parse_arguments(argv: List[str]):
     else:
         parser.set_defaults(**defaults)
         parsed = parser.parse_args_into_dataclasses(args=argv)
-    return (*parsed, recipe_path, recipe)
+    return ParsedArguments(*parsed, recipe_path, recipe, given | frozenset(recipe.get("arguments") or {}))
 
 
-def build_pruning_config(prune_args: PruningArguments, recipe: dict, recipe_path: Optional[Path]) -> Optional[PruningConfig]:
-    """The recipe's ``pruning`` section with pruning flags on top; None for dense fine-tuning."""
+def build_pruning_config(prune_args: PruningArguments, recipe: dict, recipe_path: Optional[Path],
+                         given: frozenset = frozenset()) -> Optional[PruningConfig]:
+    """The recipe's ``pruning`` section with pruning flags on top; None for dense fine-tuning. ``do_prune``
+    counts when given (flag or recipe argument); otherwise pruning flags or a pruning section decide."""
     flags = {field_name: getattr(prune_args, flag) for flag, field_name in PRUNING_FLAGS.items()
              if getattr(prune_args, flag) is not None}
     do_prune = prune_args.do_prune
-    if do_prune is None:
+    if "do_prune" not in given:
         do_prune = bool(flags) or "pruning" not in recipe or recipe["pruning"] is not None
     if not do_prune:
         if flags:
@@ -253,9 +282,16 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def looks_local(name: str) -> bool:
+    """A path the user meant as a folder (``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``), not a Hub id (``org/name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
 def from_hub_or_local(what: str, name: str, load):
-    """Run ``load()``. A name that is not a local path needs the Hub: when it is unreachable (and
+    """Run ``load()``. A local path must exist; a Hub id needs the Hub: when it is unreachable (and
     ``HF_HUB_OFFLINE`` does not ask for the local cache), or loading fails, stop with one sentence."""
+    if not os.path.exists(name) and looks_local(name):
+        raise ValueError(f"{what} folder {name!r} does not exist")
     if not os.path.exists(name) and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
         raise SystemExit(f"error: the Hugging Face Hub is unreachable, so {what} {name!r} cannot be downloaded; "
                          f"offline, {OFFLINE_HINT} (or set HF_HUB_OFFLINE=1 to use the local cache).")
@@ -299,9 +335,35 @@ def _select(dataset, limit: Optional[int]):
     return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
 
 
-def tokenize_splits(raw, tokenizer, data_args: DataTrainingArguments, training_args: TrainingArguments):
+def window_length(data_args: DataTrainingArguments, tokenizer, model) -> int:
+    """``--max_seq_length`` capped at what the model and tokenizer take (as run_qa.py does, with a warning);
+    ``--doc_stride`` must leave room for new context in every window."""
+    limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None) or 10 ** 9]
+    max_len = min(data_args.max_seq_length, *limits)
+    if max_len < data_args.max_seq_length:
+        logger.warning("--max_seq_length %d is more than the model takes; using %d (its max_position_embeddings / "
+                       "the tokenizer's model_max_length)", data_args.max_seq_length, max_len)
+    if data_args.doc_stride >= max_len:
+        raise ValueError(f"--doc_stride ({data_args.doc_stride}) must be smaller than --max_seq_length ({max_len}): "
+                         "windows overlap by doc_stride tokens, so each must bring new context")
+    return max_len
+
+
+def check_question_lengths(examples, tokenizer, max_len: int, doc_stride: int, split: str) -> None:
+    """Every window holds the whole question plus more than ``doc_stride`` context tokens; a question too long for
+    that is refused by id (the tokenizer would fail inside ``datasets.map`` with a truncation error)."""
+    room = max_len - tokenizer.num_special_tokens_to_add(pair=True) - doc_stride
+    lengths = [len(ids) for ids in tokenizer([q.lstrip() for q in examples["question"]], add_special_tokens=False)["input_ids"]]
+    too_long = [(qid, n) for qid, n in zip(examples["id"], lengths) if n >= room]
+    if too_long:
+        qid, n = max(too_long, key=lambda item: item[1])
+        raise ValueError(f"{split}: {len(too_long)} question(s) do not fit a window, the longest {qid!r} with {n} "
+                         f"tokens: raise --max_seq_length ({max_len}) or lower --doc_stride ({doc_stride}) so that "
+                         f"question + {doc_stride} context tokens fit")
+
+
+def tokenize_splits(raw, tokenizer, data_args: DataTrainingArguments, training_args: TrainingArguments, max_len: int):
     """(train features, eval examples, eval features, test examples, test features); None where not needed."""
-    max_len = min(data_args.max_seq_length, tokenizer.model_max_length)
     options = dict(tokenizer=tokenizer, max_seq_length=max_len, doc_stride=data_args.doc_stride,
                    pad_to_max_length=data_args.pad_to_max_length)
     mapped = dict(batched=True, num_proc=data_args.preprocessing_num_workers,
@@ -314,6 +376,7 @@ def tokenize_splits(raw, tokenizer, data_args: DataTrainingArguments, training_a
     outputs = [None] * 5
     if training_args.do_train:
         train = _select(raw["train"], data_args.max_train_samples)
+        check_question_lengths(train, tokenizer, max_len, data_args.doc_stride, "train")
         with training_args.main_process_first(desc="train features"):
             outputs[0] = train.map(partial(prepare_train_features, **options), remove_columns=train.column_names,
                                    desc="Tokenizing train", **mapped)
@@ -321,6 +384,7 @@ def tokenize_splits(raw, tokenizer, data_args: DataTrainingArguments, training_a
                                   (3, ("test", data_args.max_predict_samples))):
         if needed[split]:
             examples = _select(raw[split], limit)
+            check_question_lengths(examples, tokenizer, max_len, data_args.doc_stride, split)
             with training_args.main_process_first(desc=f"{split} features"):
                 features = examples.map(partial(prepare_validation_features, **options),
                                         remove_columns=examples.column_names, desc=f"Tokenizing {split}", **mapped)
@@ -330,7 +394,10 @@ def tokenize_splits(raw, tokenizer, data_args: DataTrainingArguments, training_a
 
 # ---- trainer ------------------------------------------------------------------------------------------------
 def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_config, distillation, teacher_name,
-                  model_args, make_pruning_callback: Callable[[PruningConfig], TrainerCallback] = PruningTrainerCallback):
+                  model_args, make_pruning_callback: Callable[[PruningConfig], TrainerCallback] = PruningTrainerCallback,
+                  prediction_dir: Optional[str] = None):
+    """The QA Trainer (with distillation when a teacher is given) and the pruning callback first in line;
+    predictions are written into ``prediction_dir`` (the run's staging folder)."""
     train_features, eval_examples, eval_features, _, _ = splits
 
     def post_process(examples, features, logits, stage="eval"):
@@ -338,7 +405,7 @@ def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_co
             examples, features, logits, version_2_with_negative=data_args.version_2_with_negative,
             n_best_size=data_args.n_best_size, max_answer_length=data_args.max_answer_length,
             null_score_diff_threshold=data_args.null_score_diff_threshold,
-            output_dir=training_args.output_dir if training_args.should_save else None, prefix=stage)
+            output_dir=prediction_dir if training_args.should_save else None, prefix=stage)
         predictions, references = format_for_metric(answers, examples, data_args.version_2_with_negative)
         return EvalPrediction(predictions=predictions, label_ids=references)
 
@@ -372,31 +439,43 @@ def main(argv: Optional[List[str]] = None,
          make_pruning_callback: Callable[[PruningConfig], TrainerCallback] = PruningTrainerCallback) -> dict:
     """Parse ``argv`` (default ``sys.argv[1:]``), train, evaluate, save; returns the metrics. Benchmarks pass
     another ``make_pruning_callback`` (e.g. a wrapper of another library's pruner) to compare pruners in
-    otherwise identical runs."""
+    otherwise identical runs. Every user error is a ``ValueError`` raised before training starts."""
     argv = sys.argv[1:] if argv is None else argv
-    model_args, data_args, prune_args, distill_args, training_args, recipe_path, recipe = parse_arguments(argv)
+    parsed = parse_arguments(argv)
+    model_args, data_args, prune_args, distill_args, training_args = parsed[:5]
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
     log_level = training_args.get_process_log_level()
     for module_logger in (logger, logging.getLogger("hf_prune"), datasets.utils.logging, transformers.utils.logging):
         (module_logger.setLevel if hasattr(module_logger, "setLevel") else module_logger.set_verbosity)(log_level)
-    pruning_config = build_pruning_config(prune_args, recipe, recipe_path)
-    distillation = build_distillation_settings(distill_args, recipe)
-    logger.info("recipe: %s; pruning: %s; distillation: %s", recipe_path, pruning_config, distillation)
+    pruning_config = build_pruning_config(prune_args, parsed.recipe, parsed.recipe_path, parsed.given)
+    if not training_args.do_train and not prune_args.slim:
+        pruning_config = None  # an evaluation applies no pruning: nothing of the recipe's describes this model
+    distillation = build_distillation_settings(distill_args, parsed.recipe) if training_args.do_train else None
+    if training_args.push_to_hub and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
+        raise SystemExit("error: --push_to_hub needs the Hugging Face Hub, which is unreachable from here; drop "
+                         "--push_to_hub and upload the output folder later.")
+    logger.info("recipe: %s; pruning: %s; distillation: %s", parsed.recipe_path, pruning_config, distillation)
+    resume = training_args.resume_from_checkpoint
+    if training_args.do_train and training_args.should_save:
+        resume = prepare_output_dir(training_args.output_dir, parsed.output.overwrite_output_dir, resume)
     set_seed(training_args.seed)
 
     raw = load_raw_datasets(data_args, model_args.cache_dir)
     tokenizer, model = load_model_and_tokenizer(model_args)
-    splits = tokenize_splits(raw, tokenizer, data_args, training_args)
+    max_len = window_length(data_args, tokenizer, model)
+    splits = tokenize_splits(raw, tokenizer, data_args, training_args, max_len)
+    staging = staging_dir(training_args.output_dir) if training_args.should_save else None
     trainer = build_trainer(model, tokenizer, training_args, data_args, splits, pruning_config, distillation,
-                            distill_args.teacher_model_name_or_path, model_args, make_pruning_callback)
+                            distill_args.teacher_model_name_or_path, model_args, make_pruning_callback, staging)
 
-    metrics = {}
+    metrics, results = {}, {}
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        train_metrics = dict(result.metrics, train_samples=len(splits[0]))
-        metrics.update(train_metrics)
+        result = trainer.train(resume_from_checkpoint=resume)
+        results["train"] = dict(result.metrics, train_samples=len(splits[0]))
     callback = pruning_callback(trainer)
+    if callback is not None and callback.pruner is not None:
+        pruning_config = callback.pruner.config  # as applied: steps resolved, or the resumed checkpoint's
     with folded_head(trainer.model):  # report and count the model as it is saved (a SimKD head folded)
         report = sparsity_report(trainer.model, callback.pruner.patterns() if callback and callback.pruner else None)
         summary = slim(trainer.model) if prune_args.slim else None  # after the report: it removes the zeros counted
@@ -407,41 +486,47 @@ def main(argv: Optional[List[str]] = None,
     if summary is not None:
         sparsity.update(parameters_before_slim=summary.parameters_before, parameters_after_slim=summary.parameters_after,
                         attention_heads_kept=summary.heads_after, ffn_channels_kept=summary.channels_after)
-    if training_args.should_save:
-        save_pruning_artifacts(training_args.output_dir, report, pruning_config)
-    if training_args.do_train or prune_args.slim:
-        trainer.save_model()
-    if training_args.do_train:
-        trainer.log_metrics("train", train_metrics)
-        trainer.save_metrics("train", train_metrics)
-        trainer.save_state()
     if training_args.do_eval:
-        eval_metrics = dict(trainer.evaluate(), eval_samples=len(splits[1]), **sparsity)
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
+        results["eval"] = dict(trainer.evaluate(), eval_samples=len(splits[1]), **sparsity)
     if training_args.do_predict:
-        _, _, _, test_examples, test_features = splits
-        predict_metrics = trainer.predict(test_features, test_examples).metrics
-        trainer.log_metrics("predict", predict_metrics)
-        trainer.save_metrics("predict", predict_metrics)
-        metrics.update(predict_metrics)
+        results["predict"] = trainer.predict(splits[4], splits[3]).metrics
+    for split, values in results.items():
+        trainer.log_metrics(split, values)
+        metrics.update(values)
+    saves_model = training_args.do_train or prune_args.slim
 
-    def card() -> None:
-        write_model_card(training_args.output_dir, model_name=os.path.basename(training_args.output_dir.rstrip("/")),
+    def card(folder: str) -> None:
+        write_model_card(folder, model_name=os.path.basename(training_args.output_dir.rstrip("/")),
                          base_model=model_args.model_name_or_path, report=report, config=pruning_config,
                          metrics=metrics, dataset=data_args.dataset_name or "squad",
                          dataset_name="SQuAD v2.0" if data_args.version_2_with_negative else "SQuAD v1.1",
                          teacher=distill_args.teacher_model_name_or_path,
-                         recipe=str(recipe_path) if recipe_path else None)
+                         recipe=str(parsed.recipe_path) if parsed.recipe_path else None)
 
-    trainer.model_card_writer = card
-    if training_args.should_save:
-        card()
+    if staging is not None:  # every final file of this run, written together, then moved into place
+        for split, values in results.items():
+            save_metrics(staging, split, values, metrics)
+        if saves_model:
+            trainer.save_model(staging)
+            trainer.state.save_to_json(os.path.join(staging, "trainer_state.json"))
+            save_pruning_artifacts(staging, report, pruning_config)
+            card(staging)
+        publish(staging, training_args.output_dir, replace_run=saves_model)
+    trainer.model_card_writer = lambda: card(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_tags="squad", tags=["pruning", "sparse"])
     return metrics
 
 
+def run(argv: Optional[List[str]] = None) -> int:
+    """The command line: a user error is one ``error: ...`` line and exit status 2; a bug keeps its traceback."""
+    try:
+        main(argv)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

@@ -78,7 +78,7 @@ RUNS = {
 
 def run_arguments(name: str, run: Run, output_dir: str, passthrough: List[str]) -> List[str]:
     argv = ["--model_name_or_path", run.student, "--recipe", os.path.join(RECIPES, run.recipe),
-            "--output_dir", output_dir, *run.extra]
+            "--output_dir", output_dir, "--overwrite_output_dir", *run.extra]  # a rerun replaces the run
     if run.teacher:
         argv += ["--teacher_model_name_or_path", run.teacher]
     if run.pruner == "none":
@@ -185,7 +185,7 @@ def write_results(names: List[str], path: str = RESULTS) -> None:
 def _recipe_pruning(run: Run):
     """The run's PruningConfig as its recipe states it (None for dense)."""
     from hf_prune import PruningConfig
-    from hf_prune.config import load_yaml
+    from hf_prune.config_io import load_yaml
 
     section = load_yaml(os.path.join(RECIPES, run.recipe)).get("pruning")
     return PruningConfig.from_dict(section) if section and run.pruner != "none" else None

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional
 
-from .config_io import JsonConfigMixin
+from .config_io import JsonConfigMixin, load_yaml
 from .criteria import CRITERIA
 from .modules import HEAD_NAME_PATTERN
 from .patterns import get_pattern
@@ -39,19 +39,6 @@ def _check_regex_list(name: str, value: Any) -> None:
             re.compile(item)
         except re.error as err:
             raise ValueError(f"{name} entry {item!r} is not a valid regular expression: {err}") from None
-
-
-def load_yaml(path: str) -> Dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping fails with the path in the message."""
-    import yaml
-
-    if not os.path.isfile(path):
-        raise ValueError(f"recipe file {path!r} does not exist")
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
-    if not isinstance(data, dict):
-        raise ValueError(f"recipe file {path!r} must hold a YAML mapping, got {type(data).__name__}")
-    return data
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Dict
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JsonConfigMixin"]
+__all__ = ["JsonConfigMixin", "load_yaml"]
 
 
 class JsonConfigMixin:
@@ -57,3 +57,22 @@ class JsonConfigMixin:
         if dropped:
             logger.warning("ignoring unknown keys %s in %s (written by a newer hf_prune?)", dropped, file)
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    """Read a YAML mapping; a missing file, invalid YAML or a non-mapping fails naming the file."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise ValueError(f"recipe file {path!r} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            data = yaml.safe_load(handle)
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"{path} is not valid YAML{line}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe file {path!r} must hold a YAML mapping, got {type(data).__name__}")
+    return data

@@ -181,6 +181,9 @@ def _load_safetensors(model: nn.Module, folder: str) -> None:
     if os.path.isfile(index_file):
         with open(index_file, encoding="utf-8") as handle:
             files = sorted(set(json.load(handle)["weight_map"].values()))
+        escaping = [name for name in files if os.path.basename(name) != name or name in ("", ".", "..")]
+        if escaping:  # an index names shards inside its folder; anything else could read files elsewhere
+            raise ValueError(f"{index_file} names shard files outside its folder: {escaping}")
     elif os.path.isfile(os.path.join(folder, "model.safetensors")):
         files = ["model.safetensors"]
     else:

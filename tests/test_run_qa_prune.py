@@ -117,19 +117,19 @@ def test_recipe_sets_defaults_and_flags_override(workspace, tmp_path):
                       "  pattern: '1x1'\n  end_step: 5\n")
     parsed = run_qa_prune.parse_arguments(["--model_name_or_path", workspace["model"], "--recipe", str(recipe),
                                            "--max_steps", "9", "--pruning_pattern", "2x2"])
-    model_args, data_args, prune_args, distill_args, training_args, recipe_path, recipe_dict = parsed
+    training_args = parsed.training
     assert training_args.learning_rate == 0.25 and training_args.max_steps == 9
     assert training_args.do_train and training_args.do_eval  # no do_* flag: train and evaluate
-    config = run_qa_prune.build_pruning_config(prune_args, recipe_dict, recipe_path)
+    config = run_qa_prune.build_pruning_config(parsed.pruning, parsed.recipe, parsed.recipe_path, parsed.given)
     assert (config.target_sparsity, config.pattern, config.end_step) == (0.3, "2x2", 5)
 
 
 def test_default_recipe_and_output_dir_for_known_model():
     parsed = run_qa_prune.parse_arguments(["--model_name_or_path", "prajjwal1/bert-mini"])
-    training_args, recipe_path, recipe = parsed[4], parsed[5], parsed[6]
+    training_args, recipe_path = parsed.training, parsed.recipe_path
     assert recipe_path.name == "4x1.yaml" and recipe_path.parent.name == "bert-mini"
     assert training_args.output_dir == os.path.join("outputs", "bert-mini-4x1")
-    config = run_qa_prune.build_pruning_config(parsed[2], recipe, recipe_path)
+    config = run_qa_prune.build_pruning_config(parsed.pruning, parsed.recipe, recipe_path, parsed.given)
     assert (config.pattern, config.target_sparsity) == ("4x1", 0.8)
 
 
@@ -176,7 +176,7 @@ def test_json_argument_file(workspace, tmp_path):
             "max_steps": 3, "learning_rate": 0.5}
     (tmp_path / "args.json").write_text(json.dumps(args))
     parsed = run_qa_prune.parse_arguments([str(tmp_path / "args.json")])
-    assert parsed[4].max_steps == 3 and parsed[4].do_train and not parsed[4].do_eval
+    assert parsed.training.max_steps == 3 and parsed.training.do_train and not parsed.training.do_eval
 
 
 def test_smoke_on_shared_data_and_tokenizer(tmp_path):
