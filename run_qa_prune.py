@@ -435,8 +435,12 @@ def pruning_callback(trainer) -> Optional[PruningTrainerCallback]:
 
 
 # ---- main ----------------------------------------------------------------------------------------------------
+#: the script publishes the final folder's files itself (staged together), so the callback writes only checkpoints'
+SCRIPT_CALLBACK = partial(PruningTrainerCallback, save_artifacts=False)
+
+
 def main(argv: Optional[List[str]] = None,
-         make_pruning_callback: Callable[[PruningConfig], TrainerCallback] = PruningTrainerCallback) -> dict:
+         make_pruning_callback: Callable[[PruningConfig], TrainerCallback] = SCRIPT_CALLBACK) -> dict:
     """Parse ``argv`` (default ``sys.argv[1:]``), train, evaluate, save; returns the metrics. Benchmarks pass
     another ``make_pruning_callback`` (e.g. a wrapper of another library's pruner) to compare pruners in
     otherwise identical runs. Every user error is a ``ValueError`` raised before training starts."""

@@ -29,18 +29,21 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
     stores the resolved config and a resume uses it (a resume with a config that changes masks is refused).
 
     Every checkpoint holds ``pruner_state.safetensors`` (masks and scores), ``pruning_config.json`` and the
-    sparsity report, written before the Trainer pushes it or rotates older checkpoints away;
+    sparsity report, written before the Trainer pushes it or rotates older checkpoints away (and, at the end of
+    training and before a push, into ``output_dir`` beside the final model, unless ``save_artifacts=False``);
     ``trainer.train(resume_from_checkpoint=...)`` restores them. With ``load_best_model_at_end`` the masks of
     the best checkpoint come back with its weights.
     """
 
-    def __init__(self, config: Union[PruningConfig, dict, str], resume_from: Optional[str] = None) -> None:
+    def __init__(self, config: Union[PruningConfig, dict, str], resume_from: Optional[str] = None,
+                 save_artifacts: bool = True) -> None:
         if isinstance(config, dict):
             config = PruningConfig.from_dict(config)
         elif isinstance(config, str):
             config = PruningConfig.from_yaml(config)
         self.config = config
         self.resume_from = resume_from
+        self.save_artifacts = save_artifacts  # False: the script writes the final folder's files itself
         self.pruner: Optional[Pruner] = None
         self._args = self._trainer_state = None  # the Trainer's, kept for ``state()`` (called without them)
 
@@ -82,7 +85,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
 
     def on_push_begin(self, args, state, control, model=None, **kwargs):
         self._save_into_checkpoint()
-        if args.should_save:
+        if args.should_save and self.save_artifacts:
             self._write_artifacts(args.output_dir, model)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -103,7 +106,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
             self._restore_best(state, model)
         self.pruner.apply_masks()
-        if args.should_save:
+        if args.should_save and self.save_artifacts:
             self._write_artifacts(args.output_dir, model)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------

@@ -34,7 +34,10 @@ class JsonConfigMixin:
         if unknown:
             raise ValueError(f"{source}: unknown {cls.config_kind} config key(s) {unknown}; "
                              f"allowed: {', '.join(cls.field_names())}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as err:
+            raise ValueError(f"{source}: {cls.config_kind}: {err}") from None
 
     def save_pretrained(self, save_directory: str) -> str:
         os.makedirs(save_directory, exist_ok=True)
