@@ -52,10 +52,12 @@ from hf_prune.qa import (
     QuestionAnsweringTrainer,
     compute_squad,
     format_for_metric,
+    check_question_lengths,
     load_qa_datasets,
     postprocess_qa_predictions,
     prepare_train_features,
     prepare_validation_features,
+    window_length,
 )
 
 logger = logging.getLogger(__name__)
@@ -335,33 +337,6 @@ def _select(dataset, limit: Optional[int]):
     return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
 
 
-def window_length(data_args: DataTrainingArguments, tokenizer, model) -> int:
-    """``--max_seq_length`` capped at what the model and tokenizer take (as run_qa.py does, with a warning);
-    ``--doc_stride`` must leave room for new context in every window."""
-    limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None) or 10 ** 9]
-    max_len = min(data_args.max_seq_length, *limits)
-    if max_len < data_args.max_seq_length:
-        logger.warning("--max_seq_length %d is more than the model takes; using %d (its max_position_embeddings / "
-                       "the tokenizer's model_max_length)", data_args.max_seq_length, max_len)
-    if data_args.doc_stride >= max_len:
-        raise ValueError(f"--doc_stride ({data_args.doc_stride}) must be smaller than --max_seq_length ({max_len}): "
-                         "windows overlap by doc_stride tokens, so each must bring new context")
-    return max_len
-
-
-def check_question_lengths(examples, tokenizer, max_len: int, doc_stride: int, split: str) -> None:
-    """Every window holds the whole question plus more than ``doc_stride`` context tokens; a question too long for
-    that is refused by id (the tokenizer would fail inside ``datasets.map`` with a truncation error)."""
-    room = max_len - tokenizer.num_special_tokens_to_add(pair=True) - doc_stride
-    lengths = [len(ids) for ids in tokenizer([q.lstrip() for q in examples["question"]], add_special_tokens=False)["input_ids"]]
-    too_long = [(qid, n) for qid, n in zip(examples["id"], lengths) if n >= room]
-    if too_long:
-        qid, n = max(too_long, key=lambda item: item[1])
-        raise ValueError(f"{split}: {len(too_long)} question(s) do not fit a window, the longest {qid!r} with {n} "
-                         f"tokens: raise --max_seq_length ({max_len}) or lower --doc_stride ({doc_stride}) so that "
-                         f"question + {doc_stride} context tokens fit")
-
-
 def tokenize_splits(raw, tokenizer, data_args: DataTrainingArguments, training_args: TrainingArguments, max_len: int):
     """(train features, eval examples, eval features, test examples, test features); None where not needed."""
     options = dict(tokenizer=tokenizer, max_seq_length=max_len, doc_stride=data_args.doc_stride,
@@ -467,7 +442,7 @@ def main(argv: Optional[List[str]] = None,
 
     raw = load_raw_datasets(data_args, model_args.cache_dir)
     tokenizer, model = load_model_and_tokenizer(model_args)
-    max_len = window_length(data_args, tokenizer, model)
+    max_len = window_length(data_args.max_seq_length, data_args.doc_stride, tokenizer, model)
     splits = tokenize_splits(raw, tokenizer, data_args, training_args, max_len)
     staging = staging_dir(training_args.output_dir) if training_args.should_save else None
     trainer = build_trainer(model, tokenizer, training_args, data_args, splits, pruning_config, distillation,

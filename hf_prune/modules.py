@@ -10,6 +10,7 @@ names transformers uses, so a head of a new architecture is recognised without a
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Dict, Set
 
@@ -26,6 +27,7 @@ HEAD_NAME_PATTERN = (r"(^|\.)(qa_outputs|classifier|pre_classifier|classificatio
                      r"vocab_projector|proj_out)(\.|$)")
 
 
+@functools.lru_cache(maxsize=None)
 def _conv1d_type():
     try:
         from transformers.pytorch_utils import Conv1D

@@ -12,17 +12,14 @@ import torch
 
 import run_qa_prune
 from hf_prune import PruningTrainerCallback
-from tests.qa.helpers import squad_flat_jsonl, squad_nested, tiny_model_folder
-from tests.test_run_qa_prune import FAST
+from tests.test_run_qa_prune import FAST, workspace  # noqa: F401 (the shared tiny model and SQuAD files)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("safety")
-    return {"model": tiny_model_folder(str(root / "model")), "train": squad_nested(str(root / "train.json")),
-            "validation": squad_flat_jsonl(str(root / "validation.jsonl")), "root": root}
+def files(workspace):
+    return workspace
 
 
 def _argv(files, output, *extra):

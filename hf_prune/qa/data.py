@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from typing import Any, Dict, Iterable, List, Optional
 
 import datasets
 
-__all__ = ["load_squad_file", "load_qa_datasets", "prepare_train_features", "prepare_validation_features"]
+__all__ = ["load_squad_file", "load_qa_datasets", "prepare_train_features", "prepare_validation_features",
+           "window_length", "check_question_lengths"]
+
+logger = logging.getLogger(__name__)
 
 QA_COLUMNS = ("id", "title", "context", "question", "answers")
 
@@ -179,3 +183,30 @@ def prepare_validation_features(examples, tokenizer, max_seq_length: int, doc_st
             offset if sequence_ids[k] == context_id else None for k, offset in enumerate(encoded["offset_mapping"][i])
         ]
     return encoded
+
+
+def window_length(max_seq_length: int, doc_stride: int, tokenizer, model) -> int:
+    """``--max_seq_length`` capped at what the model and tokenizer take (as run_qa.py does, with a warning);
+    ``--doc_stride`` must leave room for new context in every window."""
+    limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None) or 10 ** 9]
+    max_len = min(max_seq_length, *limits)
+    if max_len < max_seq_length:
+        logger.warning("--max_seq_length %d is more than the model takes; using %d (its max_position_embeddings / "
+                       "the tokenizer's model_max_length)", max_seq_length, max_len)
+    if doc_stride >= max_len:
+        raise ValueError(f"--doc_stride ({doc_stride}) must be smaller than --max_seq_length ({max_len}): "
+                         "windows overlap by doc_stride tokens, so each must bring new context")
+    return max_len
+
+
+def check_question_lengths(examples, tokenizer, max_len: int, doc_stride: int, split: str) -> None:
+    """Every window holds the whole question plus more than ``doc_stride`` context tokens; a question too long for
+    that is refused by id (the tokenizer would fail inside ``datasets.map`` with a truncation error)."""
+    room = max_len - tokenizer.num_special_tokens_to_add(pair=True) - doc_stride
+    lengths = [len(ids) for ids in tokenizer([q.lstrip() for q in examples["question"]], add_special_tokens=False)["input_ids"]]
+    too_long = [(qid, n) for qid, n in zip(examples["id"], lengths) if n >= room]
+    if too_long:
+        qid, n = max(too_long, key=lambda item: item[1])
+        raise ValueError(f"{split}: {len(too_long)} question(s) do not fit a window, the longest {qid!r} with {n} "
+                         f"tokens: raise --max_seq_length ({max_len}) or lower --doc_stride ({doc_stride}) so that "
+                         f"question + {doc_stride} context tokens fit")
