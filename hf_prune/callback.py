@@ -46,6 +46,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         self.save_artifacts = save_artifacts  # False: the script writes the final folder's files itself
         self.pruner: Optional[Pruner] = None
         self._args = self._trainer_state = None  # the Trainer's, kept for ``state()`` (called without them)
+        self._saved_step: Optional[int] = None  # the checkpoint this callback has completed (written once)
 
     # ---- training events ---------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -121,10 +122,12 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
     def _save_into_checkpoint(self) -> None:
         if self.pruner is None or self._args is None or not self._args.should_save:
             return
-        folder = os.path.join(self._args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self._trainer_state.global_step}")
-        if os.path.isdir(folder):
+        step = self._trainer_state.global_step
+        folder = os.path.join(self._args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        if step != self._saved_step and os.path.isdir(folder):
             self.pruner.save_state(folder)
             self._write_artifacts(folder, self.pruner.model)
+            self._saved_step = step
 
     def _write_artifacts(self, folder: str, model) -> None:
         """``pruning_config.json`` and the sparsity report of the model as it is saved (a SimKD head folded)."""
