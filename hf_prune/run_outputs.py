@@ -13,7 +13,7 @@ import os
 import shutil
 from typing import Dict, Optional
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume_from_checkpoint:
                          "replace it, or another --output_dir")
     if resume_from_checkpoint is not None:
         return resume_from_checkpoint
-    last = get_last_checkpoint(output_dir)
+    last = last_complete_checkpoint(output_dir)
     if last is not None:
         logger.warning("output_dir %s holds checkpoints: resuming from %s (give --overwrite_output_dir to start "
                        "again)", output_dir, last)
@@ -54,6 +54,22 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume_from_checkpoint:
     if leftovers:
         raise ValueError(f"output_dir {output_dir!r} is not empty and holds no checkpoint ({', '.join(leftovers[:5])}"
                          f"{', ...' if len(leftovers) > 5 else ''}); give --overwrite_output_dir or another --output_dir")
+    return None
+
+
+def last_complete_checkpoint(output_dir: str) -> Optional[str]:
+    """The highest-numbered checkpoint that holds its ``trainer_state.json``: the Trainer writes that file after the
+    model, optimizer and callback states, so a run killed while saving leaves a folder without it, which is
+    skipped (with a warning) rather than resumed from."""
+    numbered = []
+    for name in os.listdir(output_dir):
+        step = name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+        if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+            numbered.append((int(step), os.path.join(output_dir, name)))
+    for _, path in sorted(numbered, reverse=True):
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            return path
+        logger.warning("%s is incomplete (no trainer_state.json: the run stopped while saving it); skipping it", path)
     return None
 
 

@@ -129,6 +129,18 @@ def test_killed_run_resumes_from_its_last_checkpoint_when_rerun(files, tmp_path)
     assert json.loads((out / "sparsity_report.json").read_text())["sparsity_pruned_layers"] == pytest.approx(0.5, abs=0.01)
 
 
+def test_a_checkpoint_cut_off_while_saving_is_skipped_on_resume(tmp_path):
+    from hf_prune.run_outputs import prepare_output_dir
+
+    for step, complete in ((3, True), (6, True), (9, False)):   # killed while checkpoint-9 was being written
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert prepare_output_dir(str(tmp_path), overwrite=False, resume_from_checkpoint=None) == str(tmp_path / "checkpoint-6")
+
+
 # 5 -------------------------------------------------------------------------------------------------------------
 def test_dense_rerun_and_failed_rerun_leave_no_stale_figures(files, tmp_path, monkeypatch):
     out = tmp_path / "out"
