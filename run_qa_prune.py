@@ -27,7 +27,6 @@ from urllib.parse import urlparse
 import datasets
 import transformers
 from transformers import (
-    AutoConfig,
     AutoModelForQuestionAnswering,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -46,6 +45,7 @@ from hf_prune.distillation import DistillationConfig, folded_head
 from hf_prune.export import save_pruning_artifacts, write_model_card
 from hf_prune.recipe import load_recipe as check_recipe
 from hf_prune.run_outputs import prepare_output_dir, publish, save_metrics, staging_dir
+from hf_prune.slimming import load_config
 from hf_prune.patterns import get_pattern
 from hf_prune.qa import (
     QuestionAnsweringDistillationTrainer,
@@ -312,7 +312,7 @@ def load_model_and_tokenizer(model_args: ModelArguments):
                trust_remote_code=model_args.trust_remote_code)
     name = model_args.model_name_or_path
     config = from_hub_or_local("model config", model_args.config_name or name,
-                               lambda: AutoConfig.from_pretrained(model_args.config_name or name, **hub))
+                               lambda: load_config(model_args.config_name or name, **hub))  # slim folders too
     tokenizer = from_hub_or_local("tokenizer", model_args.tokenizer_name or name, lambda: AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or name, use_fast=True, **hub))
     if not isinstance(tokenizer, PreTrainedTokenizerFast):

@@ -73,9 +73,14 @@ ARCHITECTURES.register("distilbert", Architecture(
 ))
 
 
+#: Set on the config class of a slimmed model (see ``slimming``), whose ``model_type`` is not transformers' own.
+BASE_MODEL_TYPE_ATTRIBUTE = "hf_prune_base_model_type"
+
+
 def get_architecture(model: nn.Module) -> Architecture:
     """The table entry of ``model``'s family (from ``model.config.model_type``)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    config = getattr(model, "config", None)
+    model_type = getattr(type(config), BASE_MODEL_TYPE_ATTRIBUTE, None) or getattr(config, "model_type", None)
     key = model_type.replace("-", "_") if isinstance(model_type, str) else None
     if key not in ARCHITECTURES:
         raise ValueError(

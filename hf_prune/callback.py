@@ -13,9 +13,11 @@ from .config import PruningConfig
 from .distillation.simkd import folded_head
 from .export import save_pruning_artifacts
 from .pruner import PRUNER_STATE_NAME, Pruner
-from .trainer_context import move_to_front, running_trainer
+from .trainer_context import move_to_front, running_trainer, saving_checkpoint_dir
 
 logger = logging.getLogger(__name__)
+
+SPARSITY_TAG_PREFIXES = ("target-sparsity-", "sparsity-")
 
 __all__ = ["PruningTrainerCallback", "add_pruning_callback"]
 
@@ -46,7 +48,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         self.save_artifacts = save_artifacts  # False: the script writes the final folder's files itself
         self.pruner: Optional[Pruner] = None
         self._args = self._trainer_state = None  # the Trainer's, kept for ``state()`` (called without them)
-        self._saved_step: Optional[int] = None  # the checkpoint this callback has completed (written once)
+        self._saved: Optional[tuple] = None  # (folder, step) of the checkpoint this callback has completed
 
     # ---- training events ---------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -55,16 +57,15 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
             move_to_front(trainer.callback_handler.callbacks, self)  # reporting integrations then see `sparsity`
         self._args, self._trainer_state = args, state
         checkpoint = self._checkpoint_dir(args, state, resumed_from) if state.global_step > 0 else None
-        if self.pruner is None:
+        if self.pruner is None or self.pruner.model is not model:  # a new model: hyperparameter_search's trials
             config = self._resolved_config(state.max_steps, checkpoint)
             self.pruner = Pruner(model, config)
-            if hasattr(model, "add_model_tags"):  # the Trainer's model card lists them
-                model.add_model_tags(["hf_prune", "pruning", "sparse", *config.pattern_names()])
             for group in self.pruner.groups:
                 logger.info("pruning group %r: %s %.2f over %d layers, events at steps %s", group.config.name,
                             group.pattern.name, group.config.target_sparsity, len(group.names),
                             group.schedule.event_steps())
         self._check_schedule_fits(state.max_steps)
+        self._tag_model(model)
         if checkpoint is not None:
             self.pruner.load_state(checkpoint)
             self.pruner.apply_masks()
@@ -86,6 +87,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
 
     def on_push_begin(self, args, state, control, model=None, **kwargs):
         self._save_into_checkpoint()
+        self._tag_model(model)
         if args.should_save and self.save_artifacts:
             self._write_artifacts(args.output_dir, model)
 
@@ -107,8 +109,20 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
             self._restore_best(state, model)
         self.pruner.apply_masks()
+        self._tag_model(model)
         if args.should_save and self.save_artifacts:
             self._write_artifacts(args.output_dir, model)
+
+    def _tag_model(self, model) -> None:
+        """Model tags, which the Trainer writes into the card it pushes (with or without an evaluation logged):
+        hf_prune, the patterns, the target and the sparsity measured now on the pruned layers."""
+        if self.pruner is None or not hasattr(model, "add_model_tags"):
+            return
+        kept = [tag for tag in (getattr(model, "model_tags", None) or []) if not tag.startswith(SPARSITY_TAG_PREFIXES)]
+        model.model_tags = kept
+        measured = self.pruner.sparsity_report().pruned_sparsity
+        model.add_model_tags(["hf_prune", "pruning", "sparse", *self.pruner.config.pattern_names(),
+                              f"target-sparsity-{self.pruner.config.target_sparsity:.2f}", f"sparsity-{measured:.4f}"])
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -123,11 +137,11 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         if self.pruner is None or self._args is None or not self._args.should_save:
             return
         step = self._trainer_state.global_step
-        folder = os.path.join(self._args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        if step != self._saved_step and os.path.isdir(folder):
+        folder = saving_checkpoint_dir() or os.path.join(self._args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        if (folder, step) != self._saved and os.path.isdir(folder):
             self.pruner.save_state(folder)
             self._write_artifacts(folder, self.pruner.model)
-            self._saved_step = step
+            self._saved = (folder, step)
 
     def _write_artifacts(self, folder: str, model) -> None:
         """``pruning_config.json`` and the sparsity report of the model as it is saved (a SimKD head folded)."""

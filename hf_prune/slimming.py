@@ -12,9 +12,15 @@ what the masked one did, up to float rounding.
 The layout (kept heads and FFN width per layer) is stored in ``model.config`` under :data:`SLIM_LAYOUT_KEY`, so
 ``save_pretrained`` writes it into ``config.json`` unchanged; :func:`from_pretrained` reads it back, builds the
 slim shapes and loads the safetensors weights. A folder without a layout loads as an ordinary model.
+
+A stock ``AutoModelFor*.from_pretrained`` cannot build those shapes, and its size-mismatch hint
+(``ignore_mismatched_sizes=True``) would load random layers. So a slimmed model's config is given a subclass whose
+``model_type`` reads ``"<type> slim (load with hf_prune.from_pretrained)"``: that is what transformers' own
+refusal then names, and what ``config.json`` says on the Hub.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -24,13 +30,40 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from .architectures import StructuredBlock, find_blocks, get_architecture
+from .architectures import BASE_MODEL_TYPE_ATTRIBUTE, StructuredBlock, find_blocks, get_architecture
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["slim", "from_pretrained", "SlimSummary", "SLIM_LAYOUT_KEY"]
+__all__ = ["slim", "from_pretrained", "load_config", "SlimSummary", "SLIM_LAYOUT_KEY", "SLIM_MODEL_TYPE"]
 
 SLIM_LAYOUT_KEY = "hf_prune_slim_layout"
+SLIM_MODEL_TYPE = "{base} slim (load with hf_prune.from_pretrained)"
+_SLIM_CLASS_PREFIX = "HfPruneSlim"
+
+
+def _slim_config_class(base: type) -> type:
+    """``base`` (a transformers config class) with the slim ``model_type``; one class per base, created on demand
+    and reachable as an attribute of this module so that configs still pickle."""
+    name = _SLIM_CLASS_PREFIX + base.__name__
+    if name not in globals():
+        globals()[name] = type(name, (base,), {
+            "model_type": SLIM_MODEL_TYPE.format(base=base.model_type), BASE_MODEL_TYPE_ATTRIBUTE: base.model_type,
+            "__module__": __name__, "__doc__": f"{base.__name__} of a model slimmed by hf_prune."})
+    return globals()[name]
+
+
+def __getattr__(name: str):  # unpickling a slim config in a fresh process recreates its class
+    import transformers
+
+    base = getattr(transformers, name[len(_SLIM_CLASS_PREFIX):], None) if name.startswith(_SLIM_CLASS_PREFIX) else None
+    if base is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _slim_config_class(base)
+
+
+def _mark_slim(config) -> None:
+    if not getattr(type(config), BASE_MODEL_TYPE_ATTRIBUTE, None):
+        config.__class__ = _slim_config_class(type(config))
 
 
 @dataclass
@@ -76,6 +109,8 @@ def slim(model: nn.Module) -> SlimSummary:
         counts[kind] = (before, after)
     setattr(model.config, SLIM_LAYOUT_KEY, layout)
     summary = SlimSummary(*counts["head"], *counts["channel"], parameters_before, _count_parameters(model))
+    if summary.parameters_after < summary.parameters_before:
+        _mark_slim(model.config)
     logger.info("slimmed %s: %s", type(model).__name__, summary)
     return summary
 
@@ -142,9 +177,7 @@ def from_pretrained(path: str, auto_class=None, config=None, dtype: Optional[tor
     loaded strictly; otherwise this is ``model_class.from_pretrained(path, config=config, **kwargs)``, Hub ids
     included. ``kwargs`` go to ``from_pretrained`` (cache_dir, revision, token, ...).
     """
-    from transformers import AutoConfig
-
-    config = config if config is not None else AutoConfig.from_pretrained(path, **kwargs)
+    config = config if config is not None else load_config(path, **kwargs)
     model_class = auto_class or _saved_class(path, config)
     layout = getattr(config, SLIM_LAYOUT_KEY, None)
     if not layout:
@@ -152,12 +185,33 @@ def from_pretrained(path: str, auto_class=None, config=None, dtype: Optional[tor
     if not os.path.isdir(path):
         raise ValueError(f"slim models load from a local folder; download {path!r} first (huggingface_hub."
                          "snapshot_download)")
-    model = model_class.from_config(config) if hasattr(model_class, "from_config") else model_class(config)
+    stock_config = copy.copy(config)   # transformers' auto classes look models up by the stock config class
+    stock_config.__class__ = next(c for c in type(config).__mro__ if not c.__name__.startswith(_SLIM_CLASS_PREFIX))
+    model = model_class.from_config(stock_config) if hasattr(model_class, "from_config") else model_class(stock_config)
+    _mark_slim(model.config)
     _resize_to_layout(model, layout)
     _load_safetensors(model, path)
     if dtype is not None:
         model.to(dtype)
     return model.eval()
+
+
+def load_config(path: str, **kwargs):
+    """``AutoConfig.from_pretrained``, which also reads a slim folder's config (whose model_type it does not know)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config_file = os.path.join(path, "config.json")
+    if os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as handle:
+            config_dict = json.load(handle)
+        for base in CONFIG_MAPPING.keys():
+            if config_dict.get("model_type") == SLIM_MODEL_TYPE.format(base=base):
+                config_dict.pop("model_type")   # (an instance attribute would hide the slim class's model_type)
+                config = CONFIG_MAPPING[base].from_dict(config_dict)
+                _mark_slim(config)
+                return config
+    return AutoConfig.from_pretrained(path, **kwargs)
 
 
 def _saved_class(path: str, config):

@@ -1,14 +1,16 @@
 """Physical slimming: slim == masked outputs for BERT, RoBERTa, DistilBERT; save/load round trips; layouts."""
 import json
+import pickle
 
 import pytest
 import torch
-from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification, DistilBertConfig,
+from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification, BertForQuestionAnswering,
+                          DistilBertConfig,
                           DistilBertForQuestionAnswering, GPT2Config, GPT2Model, RobertaConfig,
                           RobertaForQuestionAnswering)
 
 from hf_prune import Pruner, PruningConfig, from_pretrained, slim
-from hf_prune.slimming import SLIM_LAYOUT_KEY
+from hf_prune.slimming import SLIM_LAYOUT_KEY, SLIM_MODEL_TYPE
 from tests.conftest import tiny_bert_qa
 
 FFN = r"(intermediate\.dense|layer\.\d+\.output\.dense|ffn\.lin)"
@@ -103,12 +105,21 @@ def test_a_layer_keeps_one_head_and_slimming_again_keeps_original_indexes(tmp_pa
     assert from_pretrained(str(tmp_path)).bert.encoder.layer[1].attention.self.query.out_features == 16
 
 
-def test_plain_from_pretrained_refuses_slim_weights(tmp_path):
+def test_stock_auto_class_refusal_of_a_slim_folder_points_to_hf_prune(tmp_path):
     model = _prune_heads_and_channels(tiny_bert_qa(seed=5))
     slim(model)
     model.save_pretrained(tmp_path)
-    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # transformers' refusal: use hf_prune's loader
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == SLIM_MODEL_TYPE.format(base="bert")
+    with pytest.raises(ValueError, match=r"load with hf_prune\.from_pretrained"):  # no ignore_mismatched_sizes hint
         AutoModelForQuestionAnswering.from_pretrained(str(tmp_path))
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # the class named outright: still refused
+        BertForQuestionAnswering.from_pretrained(str(tmp_path))
+    reloaded = from_pretrained(str(tmp_path))
+    assert reloaded.config.model_type == SLIM_MODEL_TYPE.format(base="bert")
+    assert pickle.loads(pickle.dumps(reloaded.config)).to_dict() == reloaded.config.to_dict()
+    reloaded.save_pretrained(tmp_path / "again")   # a slim model stays marked when saved again
+    assert from_pretrained(str(tmp_path / "again")).bert.encoder.layer[1].attention.self.query.out_features == \
+        reloaded.bert.encoder.layer[1].attention.self.query.out_features
 
 
 def test_weights_that_do_not_fit_the_layout_are_refused(tmp_path):

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from transformers import (AutoModelForQuestionAnswering, BertConfig, BertForSequenceClassification, Trainer,
                           TrainerCallback)
 
-from hf_prune import DistillationConfig, DistillationTrainer, PruningConfig, PruningTrainerCallback, from_pretrained
+from hf_prune import (DistillationConfig, DistillationTrainer, PruningConfig, PruningTrainerCallback, from_pretrained,
+                      sparsity_report)
 from hf_prune.pruner import PRUNER_STATE_NAME
 from hf_prune.report import FROZEN
 from tests.conftest import QADataset, tiny_bert_config, tiny_bert_qa
@@ -255,6 +256,18 @@ def test_checkpoints_and_final_folder_hold_config_report_and_the_card_states_spa
     assert "hf_prune" in card and "4x1" in card and "Sparsity: 0.5" in card and "Target Sparsity: 0.5" in card
 
 
+def test_the_card_states_target_and_measured_sparsity_without_an_evaluation(tmp_path):
+    config = PruningConfig(target_sparsity=0.5, pattern="4x1", start_step=1, end_step=4, frequency=1)
+    trainer = Trainer(model=tiny_bert_qa(), args=_args(tmp_path, max_steps=6), train_dataset=QADataset(32),
+                      callbacks=[PruningTrainerCallback(config)])
+    trainer.train()
+    measured = sparsity_report(trainer.model).pruned_sparsity   # layers with zeros = the pruned ones here
+    trainer.create_model_card(tags=list(trainer.model.model_tags))  # what push_to_hub passes
+    card = (tmp_path / "README.md").read_text()
+    assert "- 4x1" in card and "- target-sparsity-0.50" in card and f"- sparsity-{measured:.4f}" in card
+    assert sum("sparsity-" in tag for tag in trainer.model.model_tags) == 2   # one current figure, not a history
+
+
 # 13 -----------------------------------------------------------------------------------------------------------
 def test_checkpoint_is_complete_before_older_ones_are_rotated_away(tmp_path, monkeypatch):
     import transformers.trainer as trainer_module
@@ -298,3 +311,30 @@ def test_from_pretrained_loads_the_saved_class_and_refuses_an_unknown_one(tmp_pa
     (tmp_path / "classifier" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="names no architecture"):
         from_pretrained(str(tmp_path / "classifier"))
+
+
+# hyperparameter search -----------------------------------------------------------------------------------------
+def test_hyperparameter_search_prunes_each_trials_model_and_completes_its_run_folder(tmp_path):
+    pytest.importorskip("optuna", reason="optuna is a [dev] extra (Trainer.hyperparameter_search backend)")
+    config = PruningConfig(target_sparsity=0.5, pattern="4x1", start_step=1, end_step=4, frequency=1)
+    models = []
+
+    def model_init(trial=None):
+        models.append(tiny_bert_qa(seed=len(models)))
+        return models[-1]
+
+    trainer = Trainer(model_init=model_init, args=_args(tmp_path, max_steps=6, save_strategy="steps", save_steps=6,
+                                                        eval_strategy="steps", eval_steps=6),
+                      train_dataset=QADataset(32), eval_dataset=QADataset(8), callbacks=[PruningTrainerCallback(config)])
+    trainer.hyperparameter_search(hp_space=lambda trial: {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-3)},
+                                  backend="optuna", n_trials=2, direction="minimize")
+    trial_models = models[-2:]  # (the Trainer also builds one model when it is created)
+    for number, model in enumerate(trial_models):
+        checkpoint = tmp_path / f"run-{number}" / "checkpoint-6"
+        assert (checkpoint / PRUNER_STATE_NAME).is_file() and (checkpoint / "sparsity_report.json").is_file()
+        report = json.loads((checkpoint / "sparsity_report.json").read_text())
+        assert report["sparsity_pruned_layers"] == pytest.approx(0.5, abs=0.01)
+        saved = load_file(str(checkpoint / "model.safetensors"))
+        query = saved["bert.encoder.layer.0.attention.self.query.weight"]
+        assert (query == 0).float().mean().item() > 0.3   # each trial's own model was pruned
+        assert torch.equal(query, model.bert.encoder.layer[0].attention.self.query.weight.detach())
