@@ -41,7 +41,7 @@ from transformers import (
 
 from hf_prune import PruningConfig, PruningTrainerCallback, add_pruning_callback, from_pretrained, slim, sparsity_report
 from hf_prune.config_io import load_yaml
-from hf_prune.distillation import DistillationConfig, folded_head
+from hf_prune.distillation import DistillationConfig, saved_form
 from hf_prune.export import save_pruning_artifacts, write_model_card
 from hf_prune.recipe import load_recipe as check_recipe
 from hf_prune.run_outputs import prepare_output_dir, publish, save_metrics, staging_dir
@@ -136,6 +136,11 @@ class DistillationArguments:
     distill_loss_weight: Optional[float] = field(default=None, metadata={"help": "Weight of the KD loss."})
     hard_label_weight: Optional[float] = field(default=None, metadata={"help": "Weight of the student's own loss."})
     feature_weight: Optional[float] = field(default=None, metadata={"help": "Weight of SimKD's feature loss."})
+    hidden_state_weight: Optional[float] = field(default=None, metadata={
+        "help": "Weight of the layer-wise hidden-state loss (0 = off; layer map from the recipe, else uniform)."})
+    hidden_state_loss: Optional[str] = field(default=None, metadata={"help": "mse | cosine."})
+    attention_weight: Optional[float] = field(default=None, metadata={
+        "help": "Weight of attention-map KD (student and teacher then run eager attention, which returns the maps)."})
 
 
 @dataclass
@@ -165,7 +170,8 @@ PRUNING_FLAGS = {"target_sparsity": "target_sparsity", "pruning_pattern": "patte
                  "prune_exclude": "exclude"}
 DISTILL_FLAGS = {"distill_method": "method", "distill_temperature": "temperature",
                  "distill_loss_weight": "distill_loss_weight", "hard_label_weight": "hard_label_weight",
-                 "feature_weight": "feature_weight"}
+                 "feature_weight": "feature_weight", "hidden_state_weight": "hidden_state_weight",
+                 "hidden_state_loss": "hidden_state_loss", "attention_weight": "attention_weight"}
 
 
 # ---- arguments and recipes ----------------------------------------------------------------------------------
@@ -455,7 +461,7 @@ def main(argv: Optional[List[str]] = None,
     callback = pruning_callback(trainer)
     if callback is not None and callback.pruner is not None:
         pruning_config = callback.pruner.config  # as applied: steps resolved, or the resumed checkpoint's
-    with folded_head(trainer.model):  # report and count the model as it is saved (a SimKD head folded)
+    with saved_form(trainer.model):  # report and count the model as it is saved (SimKD head folded, projections out)
         report = sparsity_report(trainer.model, callback.pruner.patterns() if callback and callback.pruner else None)
         summary = slim(trainer.model) if prune_args.slim else None  # after the report: it removes the zeros counted
     sparsity = {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity,

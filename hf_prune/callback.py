@@ -10,7 +10,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import PruningConfig
-from .distillation.simkd import folded_head
+from .distillation.saved_form import saved_form
 from .export import save_pruning_artifacts
 from .pruner import PRUNER_STATE_NAME, Pruner
 from .trainer_context import move_to_front, running_trainer, saving_checkpoint_dir
@@ -145,7 +145,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
 
     def _write_artifacts(self, folder: str, model) -> None:
         """``pruning_config.json`` and the sparsity report of the model as it is saved (a SimKD head folded)."""
-        with folded_head(model):
+        with saved_form(model):
             report = self.pruner.sparsity_report()
         save_pruning_artifacts(folder, report, self.pruner.config)
 

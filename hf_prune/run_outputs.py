@@ -28,7 +28,7 @@ RUN_FILES = MODEL_FILES + (
     "distillation_config.json", "sparsity_report.json", "sparsity_report.md", "train_results.json",
     "eval_results.json", "predict_results.json", "all_results.json", "eval_predictions.json",
     "eval_nbest_predictions.json", "eval_null_odds.json", "predict_predictions.json", "predict_nbest_predictions.json",
-    "predict_null_odds.json", "simkd_head.safetensors")
+    "predict_null_odds.json", "simkd_head.safetensors", "hidden_projections.safetensors")
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool, resume_from_checkpoint: Optional[str]) -> Optional[str]:

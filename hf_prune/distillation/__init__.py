@@ -1,7 +1,10 @@
 """Knowledge distillation for pruned students: logit KD and SimKD (reused teacher classifier)."""
 from .config import DistillationConfig
-from .losses import feature_mse, kd_loss
+from .layerwise import uniform_layer_map
+from .losses import attention_kl, cosine_distance, feature_mse, kd_loss
+from .saved_form import saved_form
 from .simkd import SimKDHead, folded_head
 from .trainer import DistillationTrainer
 
-__all__ = ["DistillationConfig", "DistillationTrainer", "SimKDHead", "feature_mse", "folded_head", "kd_loss"]
+__all__ = ["DistillationConfig", "DistillationTrainer", "SimKDHead", "attention_kl", "cosine_distance", "feature_mse",
+           "folded_head", "kd_loss", "saved_form", "uniform_layer_map"]

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, List, Optional
 
 from ..config_io import JsonConfigMixin
+from .layerwise import HIDDEN_LOSSES, resolve_layer_map
 
 __all__ = ["DistillationConfig", "DISTILLATION_CONFIG_NAME", "METHODS"]
 
@@ -18,13 +19,23 @@ class DistillationConfig(JsonConfigMixin):
     ``reused_classifier`` (SimKD, arXiv 2203.14001): the teacher's head scores the student's projected
     features; the loss is ``feature_weight`` x MSE(projected student features, teacher features), plus logit KD
     through the shared head when ``distill_loss_weight`` > 0. ``hard_label_weight`` adds the student's own
-    task loss (0 = KD replaces it, as in INC's QA example)."""
+    task loss (0 = KD replaces it, as in INC's QA example).
+
+    Layer-wise terms, with any method: ``hidden_state_weight`` x the hidden-state loss (``hidden_state_loss``:
+    ``mse`` per element or ``cosine`` per token) over the ``layer_map`` pairs ``[[student, teacher], ...]`` of
+    ``hidden_states`` indexes (0 = embeddings; unset: every student layer to the teacher layer at the same relative
+    depth); ``attention_weight`` x the KL divergence of head-averaged attention maps over the same pairs (needs
+    ``attn_implementation="eager"``: the fused kernels return no attention maps)."""
 
     method: str = "logits"
     temperature: float = 2.0
     distill_loss_weight: float = 1.0
     hard_label_weight: float = 0.0
     feature_weight: float = 1.0
+    hidden_state_weight: float = 0.0
+    hidden_state_loss: str = "mse"
+    layer_map: Optional[List[List[int]]] = None
+    attention_weight: float = 0.0
 
     config_name: ClassVar[str] = DISTILLATION_CONFIG_NAME
     config_kind: ClassVar[str] = "distillation"
@@ -34,11 +45,16 @@ class DistillationConfig(JsonConfigMixin):
             raise ValueError(f"unknown distillation method {self.method!r}; allowed: {', '.join(METHODS)}")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
             raise ValueError(f"temperature must be a positive number, got {self.temperature!r}")
-        for name in ("distill_loss_weight", "hard_label_weight", "feature_weight"):
+        if self.hidden_state_loss not in HIDDEN_LOSSES:
+            raise ValueError(f"unknown hidden_state_loss {self.hidden_state_loss!r}; allowed: {', '.join(HIDDEN_LOSSES)}")
+        if self.layer_map is not None:
+            self.layer_map = [list(pair) for pair in resolve_layer_map(self.layer_map, 10 ** 6, 10 ** 6)]
+        for name in ("distill_loss_weight", "hard_label_weight", "feature_weight", "hidden_state_weight",
+                     "attention_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        active = [self.distill_loss_weight, self.hard_label_weight]
+        active = [self.distill_loss_weight, self.hard_label_weight, self.hidden_state_weight, self.attention_weight]
         if self.method == "reused_classifier":
             active.append(self.feature_weight)
         if not any(active):

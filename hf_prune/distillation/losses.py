@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kd_loss", "feature_mse"]
+__all__ = ["kd_loss", "feature_mse", "cosine_distance", "attention_kl"]
 
 _MASKED_LOGIT = -1.0e4  # effectively zero probability, yet finite so 0 * log 0 never appears
 
@@ -34,3 +34,28 @@ def feature_mse(student_features: torch.Tensor, teacher_features: torch.Tensor,
         return diff.mean()
     weights = mask.to(diff.dtype).unsqueeze(-1)
     return (diff * weights).sum() / (weights.sum() * diff.shape[-1]).clamp_min(1.0)
+
+
+def cosine_distance(student_features: torch.Tensor, teacher_features: torch.Tensor,
+                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of ``1 - cos(student, teacher)`` per token ([batch, tokens, width]), over real tokens when ``mask`` is
+    given: matches directions and ignores scale."""
+    distance = 1.0 - F.cosine_similarity(student_features.float(), teacher_features.float(), dim=-1)
+    if mask is None:
+        return distance.mean()
+    weights = mask.to(distance.dtype)
+    return (distance * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def attention_kl(student_attention: torch.Tensor, teacher_attention: torch.Tensor,
+                 mask: Optional[torch.Tensor] = None, eps: float = 1.0e-8) -> torch.Tensor:
+    """KL(teacher || student) between attention distributions ([batch, heads, queries, keys] probabilities),
+    averaged over heads first (student and teacher may have different head counts), then a mean over the real
+    query positions (``mask``: [batch, tokens])."""
+    student = student_attention.float().mean(dim=1)
+    teacher = teacher_attention.float().mean(dim=1)
+    kl = (teacher * (torch.log(teacher + eps) - torch.log(student + eps))).sum(-1)   # [batch, queries]
+    if mask is None:
+        return kl.mean()
+    weights = mask.to(kl.dtype)
+    return (kl * weights).sum() / weights.sum().clamp_min(1.0)

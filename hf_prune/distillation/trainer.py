@@ -4,6 +4,7 @@ the SimKD head), and ``log`` (to report the loss terms); nothing else. Evaluatio
 ``eval_loss`` is the task loss, so best-model selection means what it means without distillation."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Dict, Optional
 
@@ -12,12 +13,17 @@ from torch import nn
 from transformers import Trainer
 
 from .config import DistillationConfig
+from .layerwise import HiddenStateProjections, attention_loss, hidden_state_loss, install_projections, resolve_layer_map
 from .losses import feature_mse, kd_loss
-from .simkd import SimKDHead, find_task_head, folded_head, install_simkd_head
+from .saved_form import saved_form
+from .simkd import SimKDHead, find_task_head, install_simkd_head
 
-__all__ = ["DistillationTrainer", "SIMKD_STATE_NAME"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["DistillationTrainer", "SIMKD_STATE_NAME", "PROJECTIONS_STATE_NAME"]
 
 SIMKD_STATE_NAME = "simkd_head.safetensors"
+PROJECTIONS_STATE_NAME = "hidden_projections.safetensors"
 TASK_SUFFIXES = ("ForQuestionAnswering", "ForSequenceClassification")
 
 
@@ -52,9 +58,11 @@ class DistillationTrainer(Trainer):
     """``Trainer(model=student, teacher_model=teacher, distillation_config=..., ...)``.
 
     The teacher is frozen (eval mode, no gradients), kept outside the student so it is never optimized nor
-    saved, moved to the student's device and run under the same autocast. With ``reused_classifier`` the
-    student's head becomes projector + teacher head during training and is folded back into a plain head
-    in every saved model and checkpoint; checkpoints also hold the unfolded head for exact resumption.
+    saved, moved to the student's device and run under the same autocast, once per batch (its logits, hidden
+    states and attention maps all come from that one forward). With ``reused_classifier`` the student's head
+    becomes projector + teacher head during training and is folded back into a plain head in every saved model
+    and checkpoint; a narrower student's hidden-state projections are left out of every saved model.
+    Checkpoints also hold those training-only modules (unfolded head, projections) for exact resumption.
     """
 
     # compute_loss returns a per-batch mean: the Trainer must divide it by the accumulation steps itself
@@ -74,6 +82,14 @@ class DistillationTrainer(Trainer):
         self.simkd_head: Optional[SimKDHead] = None
         if config.method == "reused_classifier":
             self.simkd_head = install_simkd_head(student, teacher_model)
+        self.layer_map = None
+        self.projections: Optional[HiddenStateProjections] = None
+        if config.hidden_state_weight > 0 or config.attention_weight > 0:
+            self.layer_map = resolve_layer_map(config.layer_map, student.config.num_hidden_layers,
+                                               teacher_model.config.num_hidden_layers)
+            _ensure_attention_maps(config, student, teacher_model)
+        if config.hidden_state_weight > 0:
+            self.projections = install_projections(student, teacher_model, self.layer_map)
         teacher_head = teacher_model.get_submodule(find_task_head(teacher_model))
         self._teacher_features: Optional[torch.Tensor] = None
         teacher_head.register_forward_hook(self._capture_teacher_features)
@@ -90,15 +106,25 @@ class DistillationTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         config = self.distillation_config
         labels = inputs.get("labels") if self.label_smoother is not None or self.compute_loss_func is not None else None
-        outputs = model(**{key: value for key, value in inputs.items() if labels is None or key != "labels"})
+        layer_outputs = {"output_hidden_states": config.hidden_state_weight > 0,
+                         "output_attentions": config.attention_weight > 0}
+        layer_outputs = {key: True for key, wanted in layer_outputs.items() if wanted}
+        outputs = model(**{key: value for key, value in inputs.items() if labels is None or key != "labels"},
+                        **layer_outputs)
         device = next(model.parameters()).device
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
         teacher_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "start_positions", "end_positions")}
         with torch.no_grad(), self.accelerator.autocast():
-            teacher_outputs = self.teacher(**teacher_inputs)
+            teacher_outputs = self.teacher(**teacher_inputs, **layer_outputs)
         mask = inputs.get("attention_mask")
         terms: Dict[str, torch.Tensor] = {}
+        if config.hidden_state_weight > 0:
+            terms["loss_hidden"] = hidden_state_loss(outputs.hidden_states, teacher_outputs.hidden_states,
+                                                     self.layer_map, mask, config.hidden_state_loss, self.projections)
+        if config.attention_weight > 0:
+            terms["loss_attention"] = attention_loss(outputs.attentions, teacher_outputs.attentions, self.layer_map,
+                                                     mask)
         if config.distill_loss_weight > 0:
             terms["loss_kd"] = self._kd(outputs, teacher_outputs, mask)
         if config.hard_label_weight > 0:
@@ -107,7 +133,8 @@ class DistillationTrainer(Trainer):
             token_mask = mask if self.simkd_head.projected.dim() == 3 else None
             terms["loss_feature"] = feature_mse(self.simkd_head.projected, self._teacher_features, token_mask)
         weights = {"loss_kd": config.distill_loss_weight, "loss_hard": config.hard_label_weight,
-                   "loss_feature": config.feature_weight}
+                   "loss_feature": config.feature_weight, "loss_hidden": config.hidden_state_weight,
+                   "loss_attention": config.attention_weight}
         loss = sum(weights[name] * value for name, value in terms.items())
         if model.training:
             for name, value in terms.items():
@@ -144,36 +171,61 @@ class DistillationTrainer(Trainer):
         super().log(logs, start_time)
 
     # ---- saving and resuming ------------------------------------------------------------------------------
+    def _training_modules(self) -> Dict[str, nn.Module]:
+        """Modules that exist only while the student trains, by the checkpoint file that holds each."""
+        modules = {SIMKD_STATE_NAME: self.simkd_head, PROJECTIONS_STATE_NAME: self.projections}
+        return {name: module for name, module in modules.items() if module is not None}
+
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
-        """Save a plain model (SimKD head folded); checkpoints also keep the unfolded head."""
+        """Save a plain model (SimKD head folded, projections left out); checkpoints also keep those modules."""
         output_dir = output_dir or self.args.output_dir
-        with folded_head(self.model):
+        with saved_form(self.model):
             super().save_model(output_dir, _internal_call)
-        if self.simkd_head is not None and _internal_call and self.args.should_save:
+        if _internal_call and self.args.should_save:
             from safetensors.torch import save_file
 
-            state = {k: v.detach().contiguous().cpu() for k, v in self.simkd_head.state_dict().items()}
-            save_file(state, os.path.join(output_dir, SIMKD_STATE_NAME))
+            for name, module in self._training_modules().items():
+                state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+                save_file(state, os.path.join(output_dir, name))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
         target = self.model if model is None else model
-        with folded_head(target):
+        with saved_form(target):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self._load_simkd_head(resume_from_checkpoint)
+        self._load_training_modules(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
-        """``load_best_model_at_end``: the checkpoint holds a folded head; load the body through the folded head
-        and the projector and head from the checkpoint's unfolded copy, so the model is the best one whole."""
-        with folded_head(self.model):
+        """``load_best_model_at_end``: the checkpoint holds a plain model; load the body into the saved form and
+        the training-only modules from their own files, so the model is the best one whole."""
+        with saved_form(self.model):
             super()._load_best_model()
-        self._load_simkd_head(self.state.best_model_checkpoint)
+        self._load_training_modules(self.state.best_model_checkpoint)
 
-    def _load_simkd_head(self, checkpoint: str) -> None:
-        if self.simkd_head is None:
-            return
-        path = os.path.join(checkpoint, SIMKD_STATE_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(f"loading a reused_classifier checkpoint needs {SIMKD_STATE_NAME} in {checkpoint}")
+    def _load_training_modules(self, checkpoint: str) -> None:
         from safetensors.torch import load_file
 
-        self.simkd_head.load_state_dict(load_file(path, device=str(self.simkd_head.head.weight.device)))
+        for name, module in self._training_modules().items():
+            path = os.path.join(checkpoint, name)
+            if not os.path.isfile(path):
+                raise ValueError(f"resuming this distillation needs {name} in {checkpoint} (the checkpoint was saved "
+                                 "by a run with other distillation settings)")
+            module.load_state_dict(load_file(path, device=str(next(module.parameters()).device)))
+
+
+def _ensure_attention_maps(config: DistillationConfig, student: nn.Module, teacher: nn.Module) -> None:
+    """Attention-map KD needs the maps, which only the eager attention returns (sdpa/flash return none): switch
+    student and teacher to it (slower; logged), or refuse when the model cannot switch."""
+    if config.attention_weight <= 0:
+        return
+    for role, model in (("student", student), ("teacher", teacher)):
+        implementation = getattr(model.config, "_attn_implementation", None)
+        if implementation == "eager":
+            continue
+        try:
+            model.set_attn_implementation("eager")
+        except (AttributeError, ValueError) as err:
+            raise ValueError(f"attention_weight > 0 needs the attention maps, which the {role}'s {implementation!r} "
+                             f"attention does not return and it cannot switch to eager ({err}); load it with "
+                             "attn_implementation=\"eager\" or set attention_weight to 0") from None
+        logger.warning("attention-map distillation: the %s's attention switched from %r to 'eager' (the fused "
+                       "kernels return no attention maps); steps are slower", role, implementation)
