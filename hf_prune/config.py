@@ -28,7 +28,15 @@ STEP_FIELDS = ("start_step", "end_step", "frequency")
 #: at three quarters, in about ten events (the first cubic event then prunes about a quarter of the target).
 DEFAULT_START_FRACTION, DEFAULT_END_FRACTION, DEFAULT_EVENTS = 0.1, 0.75, 10
 SCOPES = ("global", "local")
+DEFAULT_TARGET_SPARSITY = 0.8
+#: Fields that only shape scoring, ranking and scheduling, which pattern "lock" does not do: left at their defaults.
+LOCK_UNUSED_FIELDS = ("criterion", "momentum", "block_reduce", "schedule", "start_step", "end_step", "frequency",
+                      "scope", "min_sparsity_per_layer", "max_sparsity_per_layer")
 BLOCK_REDUCTIONS = ("mean", "sum")
+
+
+def _figure(target: Optional[float]) -> str:
+    return "(loaded zeros)" if target is None else f"{target:.2f}"
 
 
 def _check_regex_list(name: str, value: Any) -> None:
@@ -48,9 +56,12 @@ class PruningConfig(JsonConfigMixin):
     ``groups`` holds partial configs (each with its own ``include``) that override fields for the modules
     they match, e.g. ``[{"include": ["intermediate", r"layer\\.\\d+\\.output"], "pattern": "2:4",
     "target_sparsity": 0.5}]``; modules matched by no group use the top-level fields.
+
+    ``pattern="lock"`` keeps the zeros of the loaded weights (fine-tuning a sparse checkpoint): ``target_sparsity``
+    may be left unset (the Pruner measures it) or states the sparsity the selected layers must already have.
     """
 
-    target_sparsity: float = 0.8
+    target_sparsity: Optional[float] = None  # unset: 0.8, or for "lock" the measured sparsity
     pattern: str = "4x1"
     criterion: str = "snip_momentum"
     momentum: float = 0.9
@@ -72,6 +83,12 @@ class PruningConfig(JsonConfigMixin):
 
     def __post_init__(self) -> None:
         self._check_types()
+        if get_pattern(self.pattern).locked:
+            self._check_lock()
+            if self.target_sparsity is None:
+                return self._check_selection()
+        elif self.target_sparsity is None:
+            self.target_sparsity = DEFAULT_TARGET_SPARSITY
         if not 0.0 <= self.target_sparsity < 1.0:
             raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
         pattern = get_pattern(self.pattern)
@@ -99,6 +116,16 @@ class PruningConfig(JsonConfigMixin):
                 f"target_sparsity {self.target_sparsity} must lie between min_sparsity_per_layer "
                 f"({self.min_sparsity_per_layer}) and max_sparsity_per_layer ({self.max_sparsity_per_layer})"
             )
+        self._check_selection()
+
+    def _check_lock(self) -> None:
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        changed = [key for key in LOCK_UNUSED_FIELDS if getattr(self, key) != defaults[key]]
+        if changed:
+            raise ValueError(f"pattern 'lock' keeps the loaded zeros and prunes nothing, so {changed} do not apply; "
+                             "leave them unset")
+
+    def _check_selection(self) -> None:
         if self.include is not None:
             _check_regex_list("include", self.include)
         _check_regex_list("exclude", self.exclude)
@@ -112,6 +139,8 @@ class PruningConfig(JsonConfigMixin):
         numbers = ("target_sparsity", "momentum", "min_sparsity_per_layer", "max_sparsity_per_layer")
         for key in numbers:
             value = getattr(self, key)
+            if key == "target_sparsity" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{key} must be a number, got {value!r} ({type(value).__name__})")
         for key in STEP_FIELDS:
@@ -156,6 +185,11 @@ class PruningConfig(JsonConfigMixin):
         if not group.get("include"):
             raise ValueError(f"groups[{index}] needs an 'include' list naming the modules it covers")
         merged = {**self.to_dict(), **group, "groups": [], "name": group.get("name") or f"group_{index}"}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if isinstance(merged["pattern"], str) and get_pattern(merged["pattern"]).locked:  # inherits no schedule
+            merged.update({key: defaults[key] for key in (*LOCK_UNUSED_FIELDS, "target_sparsity") if key not in group})
+        elif isinstance(self.pattern, str) and get_pattern(self.pattern).locked and "target_sparsity" not in group:
+            merged["target_sparsity"] = None   # the lock's measured target is not this group's
         if merged["schedule"] == "oneshot" and "end_step" not in group and merged["end_step"] is not None:
             merged["end_step"] = merged["start_step"]
         return PruningConfig(**merged)
@@ -174,18 +208,20 @@ class PruningConfig(JsonConfigMixin):
         ``"channel 0.60 (ffn) + head 0.50 (default)"`` when groups differ."""
         groups = self.resolved_groups()
         if len(groups) == 1:
-            return f"{self.pattern} {self.target_sparsity:.2f}"
-        return " + ".join(f"{group.pattern} {group.target_sparsity:.2f} ({group.name})" for group in groups)
+            return f"{self.pattern} {_figure(self.target_sparsity)}"
+        return " + ".join(f"{group.pattern} {_figure(group.target_sparsity)} ({group.name})" for group in groups)
 
     @property
     def steps_resolved(self) -> bool:
-        return all(getattr(self, key) is not None for key in STEP_FIELDS)
+        return get_pattern(self.pattern).locked or all(getattr(self, key) is not None for key in STEP_FIELDS)
 
     def resolve_steps(self, max_steps: int) -> "PruningConfig":
         """Copy with unset ``start_step``/``end_step``/``frequency`` filled in from the run's ``max_steps`` (the
         callback does this once, at the first ``on_train_begin``); explicit values are kept. The defaults give a
         gradual schedule whatever the length: start after a tenth of the steps (scores accumulate first), reach
         the target at three quarters, about ten events in between."""
+        if get_pattern(self.pattern).locked:
+            return dataclasses.replace(self)  # no schedule: the mask is fixed from the start
         total = max(1, int(max_steps))
         start = self.start_step if self.start_step is not None else max(1, int(DEFAULT_START_FRACTION * total))
         if self.schedule == "oneshot":
@@ -201,6 +237,8 @@ class PruningConfig(JsonConfigMixin):
         fields = []
         for key in self.field_names():
             if key in NAMING_FIELDS or (key in STEP_FIELDS and getattr(self, key) is None):
+                continue
+            if key == "target_sparsity" and self.target_sparsity is None:  # "lock": measured, as the saved one was
                 continue
             if getattr(self, key) != getattr(saved, key):
                 fields.append(key)

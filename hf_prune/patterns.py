@@ -11,6 +11,9 @@ pruning each unit, and a set of pruned units back into an element mask. Scores c
 consecutive weights along the input dimension. A unit is one group of M weights; pruning it removes its
 M - N lowest-scoring weights, so a layer can be at most ``1 - N/M`` sparse.
 
+``"lock"`` — no pruning: the zeros the loaded weights already have become the mask and stay exactly zero while
+the model fine-tunes (a sparse checkpoint from hf_prune, INC, SparseML, or a one-shot SparseGPT/Wanda model).
+
 ``"head"`` / ``"channel"`` — structured: a unit is a whole attention head or FFN channel, which spans several
 Linear modules (:mod:`hf_prune.architectures` says which); pruned units can be removed for real
 (:func:`hf_prune.slim`).
@@ -25,7 +28,7 @@ import torch
 
 from .registry import Registry
 
-__all__ = ["Pattern", "WeightPattern", "BlockPattern", "SemiStructuredPattern", "StructuredPattern",
+__all__ = ["Pattern", "WeightPattern", "BlockPattern", "SemiStructuredPattern", "StructuredPattern", "LockPattern",
            "PATTERN_FAMILIES", "get_pattern"]
 
 
@@ -35,6 +38,8 @@ class Pattern(ABC):
     name: str
     #: True when a unit spans several modules (heads, channels) rather than lying inside one weight
     structured: bool = False
+    #: True when the mask is the loaded weights' zeros (``"lock"``): nothing is scored, ranked or scheduled
+    locked: bool = False
 
     @property
     def max_sparsity(self) -> float:
@@ -212,10 +217,23 @@ class StructuredPattern(Pattern):
         return mask.contiguous()
 
 
+class LockPattern(Pattern):
+    """``"lock"``: keep the loaded weights' zeros, prune nothing more."""
+
+    syntax = "'lock' (keep the zeros the loaded weights already have)"
+    name = "lock"
+    locked = True
+
+    @classmethod
+    def parse(cls, name: str) -> Optional["LockPattern"]:
+        return cls() if name == "lock" else None
+
+
 PATTERN_FAMILIES: Registry = Registry("pattern family")
 PATTERN_FAMILIES.register("block", BlockPattern)
 PATTERN_FAMILIES.register("semi_structured", SemiStructuredPattern)
 PATTERN_FAMILIES.register("structured", StructuredPattern)
+PATTERN_FAMILIES.register("lock", LockPattern)
 
 
 def get_pattern(name: str) -> Pattern:

@@ -12,6 +12,7 @@ State is plain tensors keyed by module name (``state_dict``), so a checkpoint ho
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -77,11 +78,18 @@ class PruningGroup:
         return self.pattern.reduce(element_scores, self.config.block_reduce)
 
 
+def _schedule_steps(config: PruningConfig) -> Tuple[int, int, int]:
+    """(start, end, frequency); a ``lock`` group has no schedule (no event ever fires for it)."""
+    if get_pattern(config.pattern).locked:
+        return 0, 0, 1
+    return config.start_step, config.end_step, config.frequency
+
+
 class Pruner:
     """Owns a bool keep-mask per pruned weight and, for gradient criteria, one score per block."""
 
     def __init__(self, model: nn.Module, config: PruningConfig) -> None:
-        if config.end_step is None:
+        if config.end_step is None and not get_pattern(config.pattern).locked:
             raise ValueError(
                 "PruningConfig.end_step is unset; give the step at which pruning reaches the target, or call "
                 "config.resolve_steps(max_steps) (PruningTrainerCallback does this from the Trainer's max_steps)"
@@ -100,6 +108,9 @@ class Pruner:
         for group in self.groups:
             for name in group.names:
                 module = self.modules[name]
+                if group.pattern.locked:
+                    self.masks[name] = module.weight.detach() != 0
+                    continue
                 self.masks[name] = torch.ones_like(module.weight, dtype=torch.bool)
                 if group.criterion.needs_gradient:
                     shape = group.score_shape(name, tuple(oriented(module, module.weight).shape))
@@ -107,6 +118,7 @@ class Pruner:
                 if name in group.roles and group.roles[name][1] == "rows" and module.bias is not None:
                     self.bias_masks[name] = torch.ones_like(module.bias, dtype=torch.bool)
         self.last_event_step: Optional[int] = None
+        self._lock_targets()
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _build_groups(self, model: nn.Module, config: PruningConfig) -> List[PruningGroup]:
@@ -123,7 +135,7 @@ class Pruner:
             selected = self._select(list(linears), group_config, claimed)
             if group_config.include is None:  # heads are pruned only when an include names them
                 selected = [name for name in selected if name not in heads]
-            if get_criterion(group_config.criterion).needs_gradient:
+            if get_criterion(group_config.criterion).needs_gradient and not pattern.locked:
                 selected = self._drop_frozen(selected, group_config)
             blocks = []
             if pattern.structured:  # whole units: the group prunes its blocks' modules, nothing else
@@ -134,14 +146,17 @@ class Pruner:
                     f"pruning group {group_config.name!r} selects no nn.Linear module: every module its include "
                     "matches is excluded, a task head, frozen, or taken by an earlier group"
                 )
+            if selected and group_config.end_step is None and not pattern.locked:
+                raise ValueError(f"pruning group {group_config.name!r} has no end_step (its {group_config.pattern!r} "
+                                 "pattern needs a schedule; the top-level pattern 'lock' gives none): set its steps")
             for name in selected:
-                if not pattern.structured:
+                if not pattern.structured and not pattern.locked:
                     pattern.check_shape(name, tuple(oriented(linears[name], linears[name].weight).shape))
                 claimed[name] = group_config.name
                 self.modules[name] = linears[name]
             if selected:
-                schedule = PruningSchedule(group_config.schedule, group_config.start_step, group_config.end_step,
-                                           group_config.frequency, group_config.target_sparsity)
+                schedule = PruningSchedule(group_config.schedule, *_schedule_steps(group_config),
+                                           group_config.target_sparsity or 0.0)
                 groups.append(PruningGroup(group_config, pattern, get_criterion(group_config.criterion),
                                            schedule, selected, blocks))
         return groups
@@ -155,6 +170,30 @@ class Pruner:
                            "gradients: %s", group_config.name, len(frozen), group_config.criterion, ", ".join(frozen))
             self.frozen.extend(frozen)
         return [name for name in selected if name not in frozen]
+
+    def _lock_targets(self) -> None:
+        """A ``lock`` group's target is the sparsity its layers were loaded with: refused when they hold no zeros, or
+        when a stated ``target_sparsity`` is not what they have."""
+        for group in self.groups:
+            if not group.pattern.locked:
+                continue
+            zeros = sum(int((~self.masks[name]).sum()) for name in group.names)
+            total = sum(self.masks[name].numel() for name in group.names)
+            measured = zeros / total
+            if zeros == 0:
+                raise ValueError(f"pattern 'lock' (group {group.config.name!r}) found no zero weights in its {total:,} "
+                                 f"weights ({len(group.names)} layers, e.g. {group.names[0]}): nothing to keep; load "
+                                 "the sparse checkpoint, or select its sparse layers with include/exclude")
+            stated = group.config.target_sparsity
+            if stated is not None and abs(stated - measured) > 0.005:
+                raise ValueError(f"pattern 'lock' (group {group.config.name!r}): target_sparsity {stated} was given but "
+                                 f"the selected layers hold {measured:.4f} zeros; leave target_sparsity unset to keep "
+                                 "what was loaded")
+            logger.info("group %r: locking %d layers at their loaded sparsity %.4f", group.config.name,
+                        len(group.names), measured)
+            group.config = dataclasses.replace(group.config, target_sparsity=measured)
+            if get_pattern(self.config.pattern).locked and group.config.name == (self.config.name or "default"):
+                self.config = dataclasses.replace(self.config, target_sparsity=measured)  # reports state it
 
     @staticmethod
     def _select(names: List[str], group_config: PruningConfig, claimed: Dict[str, str]) -> List[str]:
@@ -203,7 +242,7 @@ class Pruner:
         finite (an fp16 overflow the optimizer will skip) leaves every score unchanged."""
         updates = []
         for group in self.groups:
-            if not group.criterion.needs_gradient:
+            if not group.criterion.needs_gradient or group.pattern.locked:
                 continue
             for name in group.names:
                 module = self.modules[name]
@@ -229,7 +268,7 @@ class Pruner:
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Set every masked weight (and, for heads and channels, the pruned units' biases) to exactly zero."""
-        if self.last_event_step is None:
+        if self.last_event_step is None and not any(group.pattern.locked for group in self.groups):
             return  # nothing pruned yet: all masks are ones
         for masks, attribute in ((self.masks, "weight"), (self.bias_masks, "bias")):
             for name, mask in masks.items():
@@ -242,7 +281,7 @@ class Pruner:
         """Run the pruning events scheduled for ``global_step``; returns whether any group pruned."""
         fired = False
         for group in self.groups:
-            if group.schedule.is_event(global_step):
+            if not group.pattern.locked and group.schedule.is_event(global_step):
                 sparsity = group.schedule.sparsity_at(global_step)
                 self._prune_group(group, sparsity)
                 logger.info("step %d: group %r pruned to %.4f", global_step, group.config.name, sparsity)

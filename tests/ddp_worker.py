@@ -7,7 +7,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hf_prune import PruningConfig, PruningTrainerCallback  # noqa: E402
+from hf_prune import Pruner, PruningConfig, PruningTrainerCallback  # noqa: E402
 from tests.conftest import QADataset, tiny_bert_qa  # noqa: E402
 
 
@@ -39,9 +39,15 @@ def main(out_dir: str, max_steps: int, resume: str = "", stop_at: int = 0) -> No
                              learning_rate=5e-3, weight_decay=0.1, save_strategy="steps", save_steps=4,
                              report_to=[], use_cpu=True, ddp_backend="gloo", disable_tqdm=True, seed=11)
     config = PruningConfig(target_sparsity=0.75, pattern="4x1", start_step=2, end_step=6, frequency=2)
+    model = tiny_bert_qa(seed=4)
+    if os.environ.get("HF_PRUNE_TEST_LOCK"):  # fine-tune a sparse model keeping its zeros (tests/test_lock.py)
+        Pruner(model, PruningConfig(target_sparsity=0.6, pattern="1x1", criterion="magnitude", start_step=0,
+                                    end_step=0, frequency=1)).step(0)
+        torch.save(model, os.path.join(out_dir, f"rank{args.process_index}-initial-model.pt"))
+        config = PruningConfig(pattern="lock")
     callback = RecordingCallback(config, out_dir)
     callbacks = [callback] + ([StopAt(stop_at)] if stop_at else [])
-    trainer = Trainer(model=tiny_bert_qa(seed=4), args=args, train_dataset=QADataset(64), callbacks=callbacks)
+    trainer = Trainer(model=model, args=args, train_dataset=QADataset(64), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=resume or None)
     trainer.save_model(os.path.join(out_dir, "final"))
     torch.save(trainer.model.state_dict(), os.path.join(out_dir, f"rank{args.process_index}-final-state.pt"))

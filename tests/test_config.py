@@ -118,7 +118,7 @@ def test_conflicts_with_names_fields_that_change_masks():
 
 
 @pytest.mark.parametrize("field, value", [("momentum", "x"), ("min_sparsity_per_layer", "0.1"), ("start_step", 1.5),
-                                          ("target_sparsity", None), ("pattern", 4)])
+                                          ("target_sparsity", [0.5]), ("pattern", 4)])
 def test_wrong_types_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=field):
         PruningConfig(**{field: value})
