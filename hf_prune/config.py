@@ -246,6 +246,14 @@ class PruningConfig(JsonConfigMixin):
 
     # ---- serialisation (to_dict, from_dict, save_pretrained, from_pretrained: JsonConfigMixin) ---------
     @classmethod
+    def from_inc(cls, pruning_configs: Optional[List[Dict[str, Any]]] = None, **kwargs: Any) -> "PruningConfig":
+        """The config meaning what Intel Neural Compressor's ``WeightPruningConfig(pruning_configs, **kwargs)``
+        meant (see :mod:`hf_prune.inc_migration`); keys hf_prune does not implement are refused by name."""
+        from .inc_migration import from_inc
+
+        return from_inc(pruning_configs, **kwargs)
+
+    @classmethod
     def from_yaml(cls, path: str) -> "PruningConfig":
         """Load a YAML file; if it is a recipe with a ``pruning:`` section, that section is the config."""
         data = load_yaml(path)
