@@ -404,7 +404,9 @@ def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_co
         teacher = from_hub_or_local("teacher model", teacher_name, lambda: from_pretrained(
             teacher_name, auto_class=AutoModelForQuestionAnswering, cache_dir=model_args.cache_dir,
             token=model_args.token))
-        trainer = QuestionAnsweringDistillationTrainer(teacher_model=teacher,
+        teacher_tokenizer = from_hub_or_local("teacher tokenizer", teacher_name, lambda: AutoTokenizer.from_pretrained(
+            teacher_name, cache_dir=model_args.cache_dir, token=model_args.token))  # checked against the student's
+        trainer = QuestionAnsweringDistillationTrainer(teacher_model=teacher, teacher_processing_class=teacher_tokenizer,
                                                        distillation_config=DistillationConfig(**distillation), **common)
     if pruning_config is not None:
         add_pruning_callback(trainer, make_pruning_callback(pruning_config))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from .layerwise import HiddenStateProjections, attention_loss, hidden_state_loss
 from .losses import feature_mse, kd_loss
 from .saved_form import saved_form
 from .simkd import SimKDHead, find_task_head, install_simkd_head
+from .teacher import check_teacher, check_tokenizers, forward_parameters, split_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -24,36 +25,6 @@ __all__ = ["DistillationTrainer", "SIMKD_STATE_NAME", "PROJECTIONS_STATE_NAME"]
 
 SIMKD_STATE_NAME = "simkd_head.safetensors"
 PROJECTIONS_STATE_NAME = "hidden_projections.safetensors"
-TASK_SUFFIXES = ("ForQuestionAnswering", "ForSequenceClassification")
-
-
-def _task_suffix(model: nn.Module) -> Optional[str]:
-    return next((suffix for suffix in TASK_SUFFIXES if type(model).__name__.endswith(suffix)), None)
-
-
-def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
-    """Refuse, before training, a teacher the student cannot learn from."""
-    task = _task_suffix(student)
-    if task is None:
-        raise ValueError(f"DistillationTrainer supports *ForQuestionAnswering and *ForSequenceClassification "
-                         f"students, got {type(student).__name__}")
-    if _task_suffix(teacher) != task:
-        raise ValueError(f"the teacher must be a *{task} model like the student, got {type(teacher).__name__}")
-    architectures = getattr(teacher.config, "architectures", None)
-    if architectures and not any(arch.endswith(task) for arch in architectures):
-        raise ValueError(f"the teacher checkpoint was saved as {architectures}, not a fine-tuned *{task} model: "
-                         "its task head would be random; fine-tune the teacher first")
-    student_vocab, teacher_vocab = student.config.vocab_size, teacher.config.vocab_size
-    if student_vocab != teacher_vocab:
-        raise ValueError(f"teacher and student must share a tokenizer: vocab sizes {teacher_vocab} (teacher) and "
-                         f"{student_vocab} (student) differ")
-    student_out = student.get_submodule(find_task_head(student)).out_features
-    teacher_out = teacher.get_submodule(find_task_head(teacher)).out_features
-    if student_out != teacher_out:
-        raise ValueError(f"teacher and student task heads differ: {teacher_out} (teacher) vs {student_out} (student) "
-                         "outputs (number of labels)")
-
-
 class DistillationTrainer(Trainer):
     """``Trainer(model=student, teacher_model=teacher, distillation_config=..., ...)``.
 
@@ -69,7 +40,7 @@ class DistillationTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, teacher_model: nn.Module, distillation_config: Optional[DistillationConfig] = None,
-                 **kwargs) -> None:
+                 teacher_processing_class: Any = None, **kwargs) -> None:
         config = distillation_config or DistillationConfig()
         if isinstance(config, dict):
             config = DistillationConfig.from_dict(config)
@@ -77,6 +48,9 @@ class DistillationTrainer(Trainer):
         if student is None:
             raise ValueError("DistillationTrainer needs the student as model=")
         check_teacher(student, teacher_model)
+        check_tokenizers(kwargs.get("processing_class"), teacher_processing_class)
+        self._student_parameters = forward_parameters(student)
+        self._teacher_parameters = forward_parameters(teacher_model)
         self.distillation_config = config
         self.teacher = teacher_model.eval().requires_grad_(False)
         self.simkd_head: Optional[SimKDHead] = None
@@ -109,12 +83,12 @@ class DistillationTrainer(Trainer):
         layer_outputs = {"output_hidden_states": config.hidden_state_weight > 0,
                          "output_attentions": config.attention_weight > 0}
         layer_outputs = {key: True for key, wanted in layer_outputs.items() if wanted}
-        outputs = model(**{key: value for key, value in inputs.items() if labels is None or key != "labels"},
+        student_inputs, teacher_inputs = split_inputs(inputs, self._student_parameters, self._teacher_parameters)
+        outputs = model(**{key: value for key, value in student_inputs.items() if labels is None or key != "labels"},
                         **layer_outputs)
         device = next(model.parameters()).device
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
-        teacher_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "start_positions", "end_positions")}
         with torch.no_grad(), self.accelerator.autocast():
             teacher_outputs = self.teacher(**teacher_inputs, **layer_outputs)
         mask = inputs.get("attention_mask")
@@ -141,6 +115,13 @@ class DistillationTrainer(Trainer):
                 self._loss_sums[name] = self._loss_sums.get(name, 0.0) + value.detach().float()
             self._loss_count += 1
         return (loss, outputs) if return_outputs else loss
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep the dataset columns the teacher's forward takes as well as the student's (``remove_unused_columns``
+        would otherwise drop, e.g., a BERT teacher's ``token_type_ids`` for a DistilBERT student)."""
+        super()._set_signature_columns_if_needed()
+        extra = sorted((self._teacher_parameters or set()) - set(self._signature_columns))
+        self._signature_columns += extra
 
     def _task_loss(self, model, outputs, labels) -> torch.Tensor:
         """The student's own loss as the stock Trainer computes it: ``compute_loss_func`` when given, label
