@@ -73,6 +73,11 @@ RUNS = {
     "hf-4x1-kd-seed43": Run("4x1.yaml", extra=("--seed", "43")),
     # what more budget buys: 4x1 @ 0.8 over two epochs (1,054 steps), pruning done at 70 % of them
     "hf-4x1-kd-2ep": Run("4x1.yaml", extra=("--num_train_epochs", "2", "--pruning_end_step", "740")),
+    # issue 15, layer-wise distillation: logit KD plus hidden-state MSE over all 6 layers (identity map). Weight 10
+    # chosen before the run from training windows only: on the dense model pruned one-shot to 4x1 at 0.3-0.8, the
+    # KD term is 12-15x the per-element hidden MSE, so 10 gives the two terms the same order of magnitude
+    "hf-4x1-lwkd": Run("4x1.yaml", extra=("--hidden_state_weight", "10")),
+    "hf-2-4-lwkd-local": Run("2-4.yaml", extra=("--pruning_scope", "local", "--hidden_state_weight", "10")),
 }
 
 
