@@ -272,16 +272,27 @@ def test_the_card_states_target_and_measured_sparsity_without_an_evaluation(tmp_
 def test_checkpoint_is_complete_before_older_ones_are_rotated_away(tmp_path, monkeypatch):
     import transformers.trainer as trainer_module
 
-    rotate = trainer_module.rotate_checkpoints
     checked = []
 
-    def checking_rotate(output_dir, *args, **kwargs):
+    def check(output_dir):
         for folder in glob.glob(os.path.join(output_dir, "checkpoint-*")):
             assert os.path.isfile(os.path.join(folder, PRUNER_STATE_NAME)), folder
             checked.append(folder)
-        return rotate(output_dir, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "rotate_checkpoints", checking_rotate)
+    if hasattr(trainer_module, "rotate_checkpoints"):   # transformers >= 5.x: a module function
+        rotate = trainer_module.rotate_checkpoints
+
+        def checking_rotate(output_dir, *args, **kwargs):
+            check(output_dir)
+            return rotate(output_dir, *args, **kwargs)
+        monkeypatch.setattr(trainer_module, "rotate_checkpoints", checking_rotate)
+    else:                                                # earlier: a Trainer method
+        rotate_method = Trainer._rotate_checkpoints
+
+        def checking_rotate_method(self, use_mtime=False, output_dir=None):
+            check(output_dir)
+            return rotate_method(self, use_mtime=use_mtime, output_dir=output_dir)
+        monkeypatch.setattr(Trainer, "_rotate_checkpoints", checking_rotate_method)
     config = PruningConfig(target_sparsity=0.5, start_step=1, end_step=4, frequency=1)
     Trainer(model=tiny_bert_qa(), args=_args(tmp_path, max_steps=6, save_strategy="steps", save_steps=2,
                                              save_total_limit=1),

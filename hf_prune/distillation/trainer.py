@@ -21,6 +21,9 @@ from .teacher import check_teacher, check_tokenizers, forward_parameters, split_
 
 logger = logging.getLogger(__name__)
 
+#: Whether this transformers' Trainer reads ``loss_is_scaled_for_ga`` (older 5.x releases decide by themselves).
+TRAINER_READS_LOSS_SCALING = "loss_is_scaled_for_ga" in vars(Trainer)
+
 __all__ = ["DistillationTrainer", "SIMKD_STATE_NAME", "PROJECTIONS_STATE_NAME"]
 
 SIMKD_STATE_NAME = "simkd_head.safetensors"
@@ -70,6 +73,10 @@ class DistillationTrainer(Trainer):
         self._loss_sums: Dict[str, torch.Tensor] = {}
         self._loss_count = 0
         super().__init__(*args, **kwargs)
+        if not TRAINER_READS_LOSS_SCALING:
+            # transformers < 5.x without ``loss_is_scaled_for_ga`` divides by the accumulation steps only when the
+            # model "accepts loss kwargs" and no compute_loss_func is set (compute_loss divides in that case)
+            self.model_accepts_loss_kwargs = False
 
     def _capture_teacher_features(self, module, inputs, output) -> None:
         self._teacher_features = inputs[0]
@@ -110,6 +117,8 @@ class DistillationTrainer(Trainer):
                    "loss_feature": config.feature_weight, "loss_hidden": config.hidden_state_weight,
                    "loss_attention": config.attention_weight}
         loss = sum(weights[name] * value for name, value in terms.items())
+        if not TRAINER_READS_LOSS_SCALING and self.compute_loss_func is not None:
+            loss = loss / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         if model.training:
             for name, value in terms.items():
                 self._loss_sums[name] = self._loss_sums.get(name, 0.0) + value.detach().float()
