@@ -70,7 +70,19 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
             self.pruner.load_state(checkpoint)
             self.pruner.apply_masks()
         elif self.pruner.last_event_step is None:
-            self.pruner.step(0)  # a schedule that starts at step 0 (magnitude only) prunes before training
+            if self.pruner.needs_calibration and any(g.schedule.is_event(0) for g in self.pruner.groups):
+                self._calibrate(trainer)
+            self.pruner.step(0)  # a schedule that starts at step 0 (magnitude, wanda) prunes before training
+
+    def _calibrate(self, trainer) -> None:
+        """A step-0 event of an activation criterion (wanda) needs inputs: run calibration batches of the
+        Trainer's training data through the model first."""
+        if trainer is None:
+            raise ValueError("criterion 'wanda' with an event at step 0 needs calibration batches, and the running "
+                             "Trainer could not be found: call callback.pruner.calibrate(batches) yourself, or start "
+                             "at step >= 1 (training forwards then provide the statistics)")
+        batches = self.pruner.calibrate(trainer.get_train_dataloader(), self.pruner.config.calibration_batches)
+        logger.info("wanda: %d calibration batches of the training data before the step-0 event", batches)
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         _unscale_gradients(optimizer)

@@ -31,7 +31,7 @@ SCOPES = ("global", "local")
 DEFAULT_TARGET_SPARSITY = 0.8
 #: Fields that only shape scoring, ranking and scheduling, which pattern "lock" does not do: left at their defaults.
 LOCK_UNUSED_FIELDS = ("criterion", "momentum", "block_reduce", "schedule", "start_step", "end_step", "frequency",
-                      "scope", "min_sparsity_per_layer", "max_sparsity_per_layer")
+                      "scope", "min_sparsity_per_layer", "max_sparsity_per_layer", "calibration_batches")
 BLOCK_REDUCTIONS = ("mean", "sum")
 
 
@@ -77,6 +77,7 @@ class PruningConfig(JsonConfigMixin):
     exclude: List[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     groups: List[Dict[str, Any]] = field(default_factory=list)
     name: Optional[str] = None
+    calibration_batches: int = 16
 
     config_name: ClassVar[str] = CONFIG_NAME
     config_kind: ClassVar[str] = "pruning"
@@ -151,6 +152,9 @@ class PruningConfig(JsonConfigMixin):
             value = getattr(self, key)
             if not isinstance(value, str):
                 raise ValueError(f"{key} must be a string, got {value!r} ({type(value).__name__})")
+        if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) \
+                or self.calibration_batches <= 0:
+            raise ValueError(f"calibration_batches must be a positive integer, got {self.calibration_batches!r}")
         if self.name is not None and not isinstance(self.name, str):
             raise ValueError(f"name must be a string, got {self.name!r}")
 

@@ -3,7 +3,9 @@
 Gradient-based criteria are evaluated after every optimizer step (on the gradients the optimizer is about
 to use) and folded into a running score ``score <- beta * score + s_t``, where ``beta`` is the config's
 ``momentum`` for ``snip_momentum`` and 0 (latest step only) for ``snip`` and ``gradient``. ``magnitude``
-needs no gradient and is evaluated from the weights at each pruning event.
+needs no gradient and is evaluated from the weights at each pruning event; ``wanda`` (Sun et al., arXiv 2306.11695)
+scales it by the norm of each input feature's activations (:mod:`hf_prune.calibration`), so it needs inputs seen
+(calibration batches before a one-shot event at step 0, the training forwards otherwise) but no gradient.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ class Criterion:
 
     needs_gradient: bool = True
     uses_momentum: bool = False
+    #: True when ``element_scores`` takes the input-activation norms per input feature instead of the gradient
+    needs_activations: bool = False
 
     def element_scores(self, weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -54,11 +58,23 @@ class SnipMomentum(Snip):
     uses_momentum = True
 
 
+class Wanda(Criterion):
+    """|W_ij| * ||X_j||_2: a weight matters as much as its magnitude times the size of the inputs it multiplies
+    (Wanda). ``input_norms`` is a vector over the input features of the ``[out, in]`` weight."""
+
+    needs_gradient = False
+    needs_activations = True
+
+    def element_scores(self, weight, input_norms):
+        return weight.detach().float().abs() * input_norms.to(weight.device).float().view(1, -1)
+
+
 CRITERIA: Registry = Registry("pruning criterion")
 CRITERIA.register("magnitude", Magnitude)
 CRITERIA.register("gradient", Gradient)
 CRITERIA.register("snip", Snip)
 CRITERIA.register("snip_momentum", SnipMomentum)
+CRITERIA.register("wanda", Wanda)
 
 
 def get_criterion(name: str) -> Criterion:

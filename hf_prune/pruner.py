@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .architectures import StructuredBlock, find_blocks
+from .calibration import InputNorms, run_calibration
 from .config import PruningConfig
 from .criteria import Criterion, get_criterion
 from .modules import oriented, prunable_modules, refuse_adapter_models, task_head_names
@@ -38,7 +39,7 @@ __all__ = ["Pruner", "PRUNER_STATE_NAME"]
 
 PRUNER_STATE_NAME = "pruner_state.safetensors"
 #: prefix of a tensor in the saved state -> the Pruner attribute it restores
-_STATE_KEYS = {"mask": "masks", "bias_mask": "bias_masks", "score": "scores"}
+_STATE_KEYS = {"mask": "masks", "bias_mask": "bias_masks", "score": "scores", "input_sq": "input_sums"}
 
 
 @dataclass
@@ -119,6 +120,11 @@ class Pruner:
                     self.bias_masks[name] = torch.ones_like(module.bias, dtype=torch.bool)
         self.last_event_step: Optional[int] = None
         self._lock_targets()
+        needing_inputs = {name: self.modules[name] for group in self.groups if group.criterion.needs_activations
+                          and not group.pattern.locked for name in group.names}
+        self.input_norms: Optional[InputNorms] = InputNorms(needing_inputs) if needing_inputs else None
+        #: per input feature, the sum of squared inputs seen (activation criteria; saved with the state)
+        self.input_sums: Dict[str, torch.Tensor] = self.input_norms.sums if self.input_norms else {}
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _build_groups(self, model: nn.Module, config: PruningConfig) -> List[PruningGroup]:
@@ -296,7 +302,25 @@ class Pruner:
         if group.criterion.needs_gradient:
             return self.scores[name]
         module = self.modules[name]
-        return group.reduce(name, group.criterion.element_scores(oriented(module, module.weight), None))
+        extra = None
+        if group.criterion.needs_activations:
+            if not self.input_norms.seen:
+                raise ValueError(f"criterion {group.config.criterion!r} ranks weights by their input activations, but "
+                                 "the model has run no forward pass yet: call pruner.calibrate(batches) before a "
+                                 "step-0 event (PruningTrainerCallback does it from the training data)")
+            extra = self.input_norms.norms(name)
+        return group.reduce(name, group.criterion.element_scores(oriented(module, module.weight), extra))
+
+    def calibrate(self, batches, max_batches: int) -> int:
+        """Run up to ``max_batches`` batches through the model so activation criteria (``wanda``) have inputs to
+        rank by; returns the number run."""
+        if self.input_norms is None:
+            return 0
+        return run_calibration(self.model, batches, max_batches)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.input_norms is not None and not self.input_norms.seen
 
     @torch.no_grad()
     def _prune_group(self, group: PruningGroup, sparsity: float) -> None:

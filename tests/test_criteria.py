@@ -5,7 +5,7 @@ from hf_prune.criteria import CRITERIA, get_criterion
 
 
 def test_registered_names():
-    assert CRITERIA.names() == ["gradient", "magnitude", "snip", "snip_momentum"]
+    assert CRITERIA.names() == ["gradient", "magnitude", "snip", "snip_momentum", "wanda"]
 
 
 def test_element_scores_by_hand():
@@ -18,9 +18,9 @@ def test_element_scores_by_hand():
     assert torch.equal(get_criterion("snip_momentum").element_scores(weight, grad), expected_snip)
 
 
-def test_only_snip_momentum_accumulates_and_only_magnitude_skips_gradients():
+def test_only_snip_momentum_accumulates_and_magnitude_and_wanda_skip_gradients():
     assert [n for n in CRITERIA if get_criterion(n).uses_momentum] == ["snip_momentum"]
-    assert [n for n in CRITERIA if not get_criterion(n).needs_gradient] == ["magnitude"]
+    assert [n for n in CRITERIA if not get_criterion(n).needs_gradient] == ["magnitude", "wanda"]
 
 
 def test_unknown_criterion():
