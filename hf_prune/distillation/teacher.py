@@ -13,9 +13,12 @@ from torch import nn
 
 from .simkd import find_task_head
 
-__all__ = ["check_teacher", "check_tokenizers", "forward_parameters", "split_inputs", "TASK_SUFFIXES"]
+__all__ = ["check_teacher", "check_tokenizers", "forward_parameters", "split_inputs", "is_language_model",
+           "TASK_SUFFIXES"]
 
-TASK_SUFFIXES = ("ForQuestionAnswering", "ForSequenceClassification")
+TASK_SUFFIXES = ("ForQuestionAnswering", "ForSequenceClassification", "ForCausalLM", "ForConditionalGeneration")
+#: Language-model tasks: token-level KD over the vocabulary (``token_kd``), no classifier head to compare.
+LM_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration")
 #: Batch keys only the student's loss uses.
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
@@ -24,12 +27,19 @@ def _task_suffix(model: nn.Module) -> Optional[str]:
     return next((suffix for suffix in TASK_SUFFIXES if type(model).__name__.endswith(suffix)), None)
 
 
+def is_language_model(model: nn.Module) -> bool:
+    """A causal LM, or an encoder-decoder ``*ForConditionalGeneration`` (seq2seq LM)."""
+    suffix = _task_suffix(model)
+    return suffix == "ForCausalLM" or (suffix == "ForConditionalGeneration"
+                                       and bool(getattr(model.config, "is_encoder_decoder", False)))
+
+
 def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
     """Refuse, before training, a teacher the student cannot learn from."""
     task = _task_suffix(student)
-    if task is None:
-        raise ValueError(f"DistillationTrainer supports *ForQuestionAnswering and *ForSequenceClassification "
-                         f"students, got {type(student).__name__}")
+    if task is None or (task in LM_SUFFIXES and not is_language_model(student)):
+        raise ValueError(f"DistillationTrainer supports *ForQuestionAnswering, *ForSequenceClassification, "
+                         f"*ForCausalLM and seq2seq *ForConditionalGeneration students, got {type(student).__name__}")
     if _task_suffix(teacher) != task:
         raise ValueError(f"the teacher must be a *{task} model like the student, got {type(teacher).__name__}")
     architectures = getattr(teacher.config, "architectures", None)
@@ -40,6 +50,8 @@ def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
     if student_vocab != teacher_vocab:
         raise ValueError(f"teacher and student must share a tokenizer: vocab sizes {teacher_vocab} (teacher) and "
                          f"{student_vocab} (student) differ")
+    if task in LM_SUFFIXES:
+        return   # the heads are the vocabulary, compared above
     student_out = student.get_submodule(find_task_head(student)).out_features
     teacher_out = teacher.get_submodule(find_task_head(teacher)).out_features
     if student_out != teacher_out:

@@ -17,7 +17,8 @@ from .layerwise import HiddenStateProjections, attention_loss, hidden_state_loss
 from .losses import feature_mse, kd_loss
 from .saved_form import saved_form
 from .simkd import SimKDHead, find_task_head, install_simkd_head
-from .teacher import check_teacher, check_tokenizers, forward_parameters, split_inputs
+from .teacher import check_teacher, check_tokenizers, forward_parameters, is_language_model, split_inputs
+from .token_kd import token_kd_loss
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ class DistillationTrainer(Trainer):
         self._teacher_parameters = forward_parameters(teacher_model)
         self.distillation_config = config
         self.teacher = teacher_model.eval().requires_grad_(False)
+        self.language_model = is_language_model(student)
+        if self.language_model and config.method == "reused_classifier":
+            raise ValueError("method 'reused_classifier' (SimKD) reuses a classifier head; a language model's head "
+                             "is its vocabulary projection: use method 'logits' (token-level KD)")
+        if self.language_model and getattr(student.config, "is_encoder_decoder", False) and (
+                config.hidden_state_weight > 0 or config.attention_weight > 0):
+            raise ValueError("layer-wise distillation of encoder-decoder models is not supported (which stack's "
+                             "layers would the map pair?); use hidden_state_weight=0 and attention_weight=0")
         self.simkd_head: Optional[SimKDHead] = None
         if config.method == "reused_classifier":
             self.simkd_head = install_simkd_head(student, teacher_model)
@@ -67,9 +76,10 @@ class DistillationTrainer(Trainer):
             _ensure_attention_maps(config, student, teacher_model)
         if config.hidden_state_weight > 0:
             self.projections = install_projections(student, teacher_model, self.layer_map)
-        teacher_head = teacher_model.get_submodule(find_task_head(teacher_model))
         self._teacher_features: Optional[torch.Tensor] = None
-        teacher_head.register_forward_hook(self._capture_teacher_features)
+        if self.simkd_head is not None:
+            teacher_model.get_submodule(find_task_head(teacher_model)).register_forward_hook(
+                self._capture_teacher_features)
         self._loss_sums: Dict[str, torch.Tensor] = {}
         self._loss_count = 0
         super().__init__(*args, **kwargs)
@@ -96,6 +106,10 @@ class DistillationTrainer(Trainer):
         device = next(model.parameters()).device
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
+        if (getattr(self.teacher.config, "is_encoder_decoder", False) and "decoder_input_ids" not in teacher_inputs
+                and inputs.get("labels") is not None):   # the student builds them from its labels; so must the teacher
+            teacher_inputs["decoder_input_ids"] = self.teacher.prepare_decoder_input_ids_from_labels(
+                labels=inputs["labels"])
         with torch.no_grad(), self.accelerator.autocast():
             teacher_outputs = self.teacher(**teacher_inputs, **layer_outputs)
         mask = inputs.get("attention_mask")
@@ -107,7 +121,7 @@ class DistillationTrainer(Trainer):
             terms["loss_attention"] = attention_loss(outputs.attentions, teacher_outputs.attentions, self.layer_map,
                                                      mask)
         if config.distill_loss_weight > 0:
-            terms["loss_kd"] = self._kd(outputs, teacher_outputs, mask)
+            terms["loss_kd"] = self._kd(outputs, teacher_outputs, mask, inputs.get("labels"))
         if config.hard_label_weight > 0:
             terms["loss_hard"] = self._task_loss(model, outputs, labels)
         if self.simkd_head is not None and config.feature_weight > 0:
@@ -145,8 +159,14 @@ class DistillationTrainer(Trainer):
             raise ValueError("hard_label_weight > 0 needs labels (start/end positions or labels) in the batch")
         return outputs.loss
 
-    def _kd(self, outputs, teacher_outputs, mask) -> torch.Tensor:
+    def _kd(self, outputs, teacher_outputs, mask, labels) -> torch.Tensor:
         temperature = self.distillation_config.temperature
+        if self.language_model:
+            if labels is None:
+                raise ValueError("token-level distillation of a language model needs `labels` in the batch (the "
+                                 "positions to distil: labels != -100)")
+            shift = not getattr(self.teacher.config, "is_encoder_decoder", False)
+            return token_kd_loss(outputs.logits, teacher_outputs.logits, labels, temperature, shift)
         if getattr(outputs, "start_logits", None) is not None:
             return 0.5 * (kd_loss(outputs.start_logits, teacher_outputs.start_logits, temperature, mask)
                           + kd_loss(outputs.end_logits, teacher_outputs.end_logits, temperature, mask))
