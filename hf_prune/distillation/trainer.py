@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 #: Whether this transformers' Trainer reads ``loss_is_scaled_for_ga`` (older 5.x releases decide by themselves).
 TRAINER_READS_LOSS_SCALING = "loss_is_scaled_for_ga" in vars(Trainer)
 
-__all__ = ["DistillationTrainer", "SIMKD_STATE_NAME", "PROJECTIONS_STATE_NAME"]
+__all__ = ["DistillationTrainer", "distillation_trainer_class", "SIMKD_STATE_NAME", "PROJECTIONS_STATE_NAME"]
 
 SIMKD_STATE_NAME = "simkd_head.safetensors"
 PROJECTIONS_STATE_NAME = "hidden_projections.safetensors"
@@ -239,3 +239,15 @@ def _ensure_attention_maps(config: DistillationConfig, student: nn.Module, teach
                              "attn_implementation=\"eager\" or set attention_weight to 0") from None
         logger.warning("attention-map distillation: the %s's attention switched from %r to 'eager' (the fused "
                        "kernels return no attention maps); steps are slower", role, implementation)
+
+
+def distillation_trainer_class(base: type) -> type:
+    """``base`` (a Trainer subclass: TRL's ``SFTTrainer``, ``Seq2SeqTrainer``, your own) with DistillationTrainer's
+    training loss, saving and resuming on top: ``distillation_trainer_class(SFTTrainer)(model=student,
+    teacher_model=teacher, distillation_config=..., args=SFTConfig(...), train_dataset=..., processing_class=...)``.
+    ``base`` still prepares the data, evaluates and logs; the training loss is the distillation one."""
+    if not (isinstance(base, type) and issubclass(base, Trainer)):
+        raise ValueError(f"distillation_trainer_class needs a transformers.Trainer subclass, got {base!r}")
+    if issubclass(base, DistillationTrainer):
+        return base
+    return type(f"Distillation{base.__name__}", (DistillationTrainer, base), {"__doc__": distillation_trainer_class.__doc__})

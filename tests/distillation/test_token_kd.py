@@ -112,3 +112,38 @@ def test_language_model_refusals():
     with pytest.raises(ValueError, match="'reused_classifier' .* use method 'logits'"):
         DistillationTrainer(model=_llama(1), teacher_model=_llama(2),
                             distillation_config=DistillationConfig(method="reused_classifier"), args=_args("/tmp/x"))
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(64)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t1")), pad_token="t0",
+                                   unk_token="t1", eos_token="t2")
+
+
+def test_the_same_losses_inside_trl_sft_trainer(tmp_path):
+    trl = pytest.importorskip("trl", reason="TRL is an optional extra (pip install trl)")
+    import datasets
+
+    from hf_prune.distillation import distillation_trainer_class
+
+    rows = [_LMData()[i] for i in range(16)]
+    dataset = datasets.Dataset.from_dict({"input_ids": [r["input_ids"].tolist() for r in rows]})
+    student, teacher = _llama(1), _llama(2)
+    callback = PruningTrainerCallback(PruningConfig(target_sparsity=0.5, pattern="2:4", start_step=1, end_step=3,
+                                                    frequency=1))
+    trainer_class = distillation_trainer_class(trl.SFTTrainer)
+    trainer = trainer_class(model=student, teacher_model=teacher,
+                            distillation_config=DistillationConfig(hard_label_weight=1.0),
+                            args=trl.SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4,
+                                               logging_steps=2, save_strategy="no", report_to=[], use_cpu=True,
+                                               disable_tqdm=True, learning_rate=5e-3),
+                            train_dataset=dataset, processing_class=_word_tokenizer(), callbacks=[callback])
+    assert isinstance(trainer, trl.SFTTrainer) and isinstance(trainer, DistillationTrainer)
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "loss_kd" in e]
+    assert logged and all(e["loss_kd"] > 0 and e["loss_hard"] > 0 for e in logged)
+    assert callback.pruner.sparsity() == pytest.approx(0.5, abs=0.01)
