@@ -17,8 +17,9 @@ from typing import Dict, Set
 import torch
 from torch import nn
 
-__all__ = ["prunable_modules", "task_head_names", "oriented", "is_transposed", "refuse_adapter_models",
-           "HEAD_NAME_PATTERN"]
+from .lora import is_lora_module_name
+
+__all__ = ["prunable_modules", "task_head_names", "oriented", "is_transposed", "HEAD_NAME_PATTERN"]
 
 #: Names transformers gives task heads, output projections and poolers across families (BERT ``qa_outputs``/
 #: ``classifier``/``cls``/``pooler``, DistilBERT ``pre_classifier``/``vocab_projector``, BART/T5
@@ -48,9 +49,11 @@ def oriented(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def prunable_modules(model: nn.Module) -> Dict[str, nn.Module]:
-    """Every ``nn.Linear`` and ``Conv1D`` of ``model`` by qualified name, in module order."""
+    """Every ``nn.Linear`` and ``Conv1D`` of ``model`` by qualified name, in module order; a LoRA adapter's own
+    matrices are not among them (the base layer they update is: see :mod:`hf_prune.lora`)."""
     types = (nn.Linear,) + _conv1d_type()
-    return {name: module for name, module in model.named_modules() if isinstance(module, types)}
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, types) and not is_lora_module_name(name)}
 
 
 def task_head_names(model: nn.Module, names) -> Set[str]:
@@ -66,16 +69,3 @@ def task_head_names(model: nn.Module, names) -> Set[str]:
     if isinstance(output, nn.Module):
         heads |= {name for name in names if model.get_submodule(name) is output}
     return heads
-
-
-def refuse_adapter_models(model: nn.Module) -> None:
-    """PEFT adapters (LoRA and others) train small extra matrices beside frozen base weights: merging them would
-    undo any mask on the base weight, so hf_prune refuses them rather than report a sparsity the merged model
-    does not have."""
-    adapter = next((name for name, module in model.named_modules()
-                    if hasattr(module, "base_layer") or hasattr(module, "lora_A")), None)
-    if getattr(model, "peft_config", None) is not None or adapter is not None:
-        raise ValueError(
-            f"{type(model).__name__} is a PEFT adapter model (e.g. module {adapter!r}): pruning under LoRA/PEFT "
-            "adapters is not supported, since merge_and_unload() would fill the pruned weights again; prune and "
-            "fine-tune the base model, then add adapters with the weights kept frozen")

@@ -28,7 +28,8 @@ from .architectures import StructuredBlock, find_blocks
 from .calibration import InputNorms, run_calibration
 from .config import PruningConfig
 from .criteria import Criterion, get_criterion
-from .modules import oriented, prunable_modules, refuse_adapter_models, task_head_names
+from .lora import BASE_LAYER, check_adapters, mask_lora_updates
+from .modules import oriented, prunable_modules, task_head_names
 from .patterns import Pattern, get_pattern
 from .report import FROZEN, SparsityReport, sparsity_report
 from .schedules import PruningSchedule
@@ -96,7 +97,7 @@ class Pruner:
                 "config.resolve_steps(max_steps) (PruningTrainerCallback does this from the Trainer's max_steps)"
             )
         config = config.resolve_steps(config.end_step)  # unset start_step/frequency: a tenth in, ~ten events
-        refuse_adapter_models(model)
+        check_adapters(model)
         self.model = model
         self.config = config
         self.modules: Dict[str, nn.Module] = {}
@@ -125,6 +126,8 @@ class Pruner:
         self.input_norms: Optional[InputNorms] = InputNorms(needing_inputs) if needing_inputs else None
         #: per input feature, the sum of squared inputs seen (activation criteria; saved with the state)
         self.input_sums: Dict[str, torch.Tensor] = self.input_norms.sums if self.input_norms else {}
+        if mask_lora_updates(model, self.masks):
+            logger.info("LoRA updates of pruned base layers are masked: merge_and_unload() keeps the zeros")
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _build_groups(self, model: nn.Module, config: PruningConfig) -> List[PruningGroup]:
@@ -171,6 +174,11 @@ class Pruner:
         """A frozen weight never gets a gradient, so a gradient criterion would score it 0 and prune it first, by
         index order: leave it dense and say so (magnitude, which needs no gradient, may prune it)."""
         frozen = [name for name in selected if not self.model.get_submodule(name).weight.requires_grad]
+        adapted = [name for name in frozen if name.endswith(f".{BASE_LAYER}")]
+        if adapted:
+            raise ValueError(f"criterion {group_config.criterion!r} scores weights by their gradients, which LoRA's "
+                             f"frozen base weights (e.g. {adapted[0]}) never get: use criterion 'wanda' or "
+                             "'magnitude' (or pattern 'lock' to keep existing zeros) with a LoRA model")
         if frozen:
             logger.warning("group %r: %d frozen layer(s) (requires_grad=False) left dense, criterion %r needs their "
                            "gradients: %s", group_config.name, len(frozen), group_config.criterion, ", ".join(frozen))

@@ -1,0 +1,66 @@
+"""Sparsity that survives LoRA (PEFT): the base weights are pruned by a gradient-free criterion (or locked), the
+adapter's update is masked, and merge_and_unload() gives a plain model with exactly the reported zeros and the
+outputs of the adapter model it came from."""
+import pytest
+import torch
+from transformers import Trainer
+
+from hf_prune import Pruner, PruningConfig, PruningTrainerCallback, sparsity_report
+from tests.test_callback import _args
+from tests.test_wanda import _CausalLMData, _tiny_llama
+
+peft = pytest.importorskip("peft", reason="peft is an optional extra (pip install peft)")
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _lora(model):
+    return peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=TARGETS))
+
+
+def _zeros_2_4(weight):
+    return int((weight != 0).view(weight.shape[0], -1, 4).sum(-1).max()) <= 2
+
+
+def test_wanda_2_4_with_lora_merges_into_exactly_2_4(tmp_path):
+    model = _lora(_tiny_llama())
+    callback = PruningTrainerCallback(PruningConfig(target_sparsity=0.5, pattern="2:4", criterion="wanda",
+                                                    schedule="oneshot", start_step=0, calibration_batches=2))
+    Trainer(model=model, args=_args(tmp_path, max_steps=6, learning_rate=5e-2), train_dataset=_CausalLMData(),
+            callbacks=[callback]).train()
+    names = list(callback.pruner.masks)
+    assert names and all(name.endswith(".base_layer") for name in names) and len(names) == 2 * len(TARGETS)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert any(bool(p.abs().sum() > 0) for p in lora_b)                     # the adapters did train
+    model.eval()
+    batch = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        adapter_logits = model(input_ids=batch).logits
+    reported = callback.pruner.sparsity()
+    merged = model.merge_and_unload()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=batch).logits, adapter_logits, atol=1e-5, rtol=1e-4)
+    for name in names:
+        weight = merged.get_submodule(name.replace("base_model.model.", "").replace(".base_layer", "")).weight
+        assert _zeros_2_4(weight), name
+        assert torch.equal(weight == 0, ~callback.pruner.masks[name].cpu()), name   # the mask, exactly
+    encoder = [row for row in sparsity_report(merged).layers if any(t in row.name for t in TARGETS)]
+    assert sum(r.zeros for r in encoder) / sum(r.numel for r in encoder) == pytest.approx(reported)
+
+
+def test_lock_keeps_a_sparse_base_through_lora_and_merge(tmp_path):
+    base = _tiny_llama()
+    Pruner(base, PruningConfig(target_sparsity=0.6, pattern="1x1", criterion="magnitude", start_step=0,
+                               end_step=0)).step(0)
+    zeros = {n: (m.weight == 0).clone() for n, m in base.named_modules() if any(n.endswith(t) for t in TARGETS)}
+    model = _lora(base)
+    Trainer(model=model, args=_args(tmp_path, max_steps=4, learning_rate=5e-2), train_dataset=_CausalLMData(),
+            callbacks=[PruningTrainerCallback(PruningConfig(pattern="lock"))]).train()
+    merged = model.merge_and_unload()
+    for name, zero in zeros.items():
+        assert torch.equal(merged.get_submodule(name).weight == 0, zero), name
+
+
+def test_gradient_criteria_are_refused_on_frozen_lora_bases():
+    with pytest.raises(ValueError, match="LoRA's frozen base weights .* use criterion 'wanda' or 'magnitude'"):
+        Pruner(_lora(_tiny_llama()), PruningConfig(target_sparsity=0.5, start_step=1, end_step=4))
