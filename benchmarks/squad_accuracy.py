@@ -77,6 +77,11 @@ RUNS = {
     # chosen before the run from training windows only: on the dense model pruned one-shot to 4x1 at 0.3-0.8, the
     # KD term is 12-15x the per-element hidden MSE, so 10 gives the two terms the same order of magnitude
     "hf-4x1-lwkd": Run("4x1.yaml", extra=("--hidden_state_weight", "10")),
+    # issue 15, recovery: the learning rate stays at its peak through the pruning window and decays (linearly) only
+    # over the 157 steps after the last event (53 warm-up + 317 stable + 157 decay = 527), instead of decaying
+    # while pruning: the hf-4x1-lwkd losses plateau after step 370 with the learning rate already below 3e-5
+    "hf-4x1-kd-wsd": Run("4x1.yaml", extra=("--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs",
+                                            '{"num_stable_steps": 317, "num_decay_steps": 157, "decay_type": "linear"}')),
     "hf-2-4-lwkd-local": Run("2-4.yaml", extra=("--pruning_scope", "local", "--hidden_state_weight", "10")),
 }
 
