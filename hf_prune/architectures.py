@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from torch import nn
 
@@ -26,14 +26,17 @@ class Architecture:
     """Module paths inside one transformer layer (relative to the layer) of a model family."""
 
     layer: str              # regex matching the full name of a transformer layer module
-    attention: str          # module holding the head count (``heads_attribute``) and ``attention_head_size``
-    heads_attribute: str
+    attention: str          # module holding the head count (``heads_attribute``) and the head size
+    heads_attribute: Optional[str]   # None: the attention infers its head count from its projections' shapes
     query: str
     key: str
     value: str
     attention_output: str
     ffn_in: str
     ffn_out: str
+    ffn_gate: Optional[str] = None   # a second up projection whose rows go with ``ffn_in``'s (gated FFNs)
+    #: grouped-query attention (Llama family): a unit is one key/value head with the query heads that share it
+    grouped_query: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,16 @@ class StructuredBlock:
     columns: Tuple[str, ...]
     unit_size: int
     num_units: int
+    #: members whose units are wider than ``unit_size`` (GQA: the query rows and output columns of a key/value group)
+    unit_sizes: Tuple[Tuple[str, int], ...] = ()
 
     @property
     def members(self) -> Tuple[str, ...]:
         return self.rows + self.columns
+
+    def size_of(self, member: str) -> int:
+        """Rows (or columns) of ``member`` that one unit spans."""
+        return dict(self.unit_sizes).get(member, self.unit_size)
 
 
 ARCHITECTURES: Registry = Registry("architecture")
@@ -66,6 +75,13 @@ _BERT_LIKE = Architecture(
 )
 for _model_type in ("bert", "roberta", "xlm_roberta", "camembert", "electra"):
     ARCHITECTURES.register(_model_type, _BERT_LIKE)
+_LLAMA_LIKE = Architecture(
+    layer=r"(^|\.)layers\.\d+$", attention="self_attn", heads_attribute=None, query="self_attn.q_proj",
+    key="self_attn.k_proj", value="self_attn.v_proj", attention_output="self_attn.o_proj", ffn_in="mlp.up_proj",
+    ffn_gate="mlp.gate_proj", ffn_out="mlp.down_proj", grouped_query=True,
+)
+for _model_type in ("llama", "mistral", "qwen2", "qwen3"):
+    ARCHITECTURES.register(_model_type, _LLAMA_LIKE)
 ARCHITECTURES.register("distilbert", Architecture(
     layer=r"(^|\.)transformer\.layer\.\d+$", attention="attention", heads_attribute="n_heads",
     query="attention.q_lin", key="attention.k_lin", value="attention.v_lin", attention_output="attention.out_lin",
@@ -99,16 +115,23 @@ def find_blocks(model: nn.Module, kind: str) -> List[StructuredBlock]:
     for layer_name, _ in model.named_modules():
         if not re.search(architecture.layer, layer_name):
             continue
+        sizes: Tuple[Tuple[str, int], ...] = ()
         if kind == "head":
             rows = tuple(f"{layer_name}.{p}" for p in (architecture.query, architecture.key, architecture.value))
             columns = (f"{layer_name}.{architecture.attention_output}",)
-            unit_size = int(model.get_submodule(f"{layer_name}.{architecture.attention}").attention_head_size)
+            attention = model.get_submodule(f"{layer_name}.{architecture.attention}")
+            unit_size = int(getattr(attention, "attention_head_size", None) or attention.head_dim)
             name = f"{layer_name}.attention"
+            if architecture.grouped_query:  # unit = a key/value head; its query heads and output columns come along
+                group = int(attention.num_key_value_groups)
+                sizes = ((rows[0], unit_size * group), (columns[0], unit_size * group))
+            width = model.get_submodule(rows[1]).out_features  # key rows: one per unit
         else:
-            rows, columns = (f"{layer_name}.{architecture.ffn_in}",), (f"{layer_name}.{architecture.ffn_out}",)
+            ffn_rows = (architecture.ffn_gate, architecture.ffn_in) if architecture.ffn_gate else (architecture.ffn_in,)
+            rows, columns = tuple(f"{layer_name}.{p}" for p in ffn_rows), (f"{layer_name}.{architecture.ffn_out}",)
             unit_size, name = 1, f"{layer_name}.ffn"
-        width = model.get_submodule(rows[0]).out_features
-        blocks.append(StructuredBlock(name, kind, layer_name, rows, columns, unit_size, width // unit_size))
+            width = model.get_submodule(rows[0]).out_features
+        blocks.append(StructuredBlock(name, kind, layer_name, rows, columns, unit_size, width // unit_size, sizes))
     if not blocks:
         raise ValueError(f"found no transformer layer in {type(model).__name__} (looked for modules named like "
                          f"{architecture.layer!r})")

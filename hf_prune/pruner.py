@@ -76,7 +76,7 @@ class PruningGroup:
         """Element scores of module ``name`` -> its stored scores (per block, or per structured unit)."""
         if name in self.roles:
             block, role = self.roles[name]
-            return self.pattern.unit_scores(element_scores, role, block.unit_size)
+            return self.pattern.unit_scores(element_scores, role, block.size_of(name))
         return self.pattern.reduce(element_scores, self.config.block_reduce)
 
 
@@ -365,9 +365,8 @@ class Pruner:
         per_unit = {}
         costs = {}
         for block in group.blocks:
-            per_unit[block.name] = block.unit_size * (
-                sum(self.modules[n].in_features for n in block.rows)
-                + sum(self.modules[n].out_features for n in block.columns))
+            per_unit[block.name] = (sum(block.size_of(n) * self.modules[n].in_features for n in block.rows)
+                                    + sum(block.size_of(n) * self.modules[n].out_features for n in block.columns))
             costs[block.name] = sum(unit_scores[m].to(unit_scores[block.rows[0]].device) for m in block.members)
         if len(set(per_unit.values())) != 1:
             raise ValueError(f"group {group.config.name!r}: units of different sizes {per_unit} cannot share a "
@@ -378,10 +377,10 @@ class Pruner:
         for role, members in (("rows", block.rows), ("columns", block.columns)):
             for name in members:
                 weight = self.modules[name].weight
-                mask = group.pattern.unit_mask(keep_units, role, block.unit_size, tuple(weight.shape))
+                mask = group.pattern.unit_mask(keep_units, role, block.size_of(name), tuple(weight.shape))
                 self.masks[name] = mask.to(weight.device)
                 if name in self.bias_masks:
-                    self.bias_masks[name] = keep_units.repeat_interleave(block.unit_size).to(weight.device)
+                    self.bias_masks[name] = keep_units.repeat_interleave(block.size_of(name)).to(weight.device)
 
     @staticmethod
     def _global_counts(config: PruningConfig, sparsity: float, costs, orders, sizes, per_unit: int,

@@ -117,17 +117,20 @@ def slim(model: nn.Module) -> SlimSummary:
 
 def _live_units(model: nn.Module, block: StructuredBlock) -> List[int]:
     """Indexes of units with a non-zero output column; at least one (the first) is kept."""
-    columns = torch.stack([model.get_submodule(name).weight for name in block.columns])  # [members, out, in]
-    per_unit = columns.view(columns.shape[0], columns.shape[1], block.num_units, block.unit_size)
-    live = (per_unit != 0).any(dim=(0, 1, 3)).nonzero().flatten().tolist()
-    return live or [0]
+    live = torch.zeros(block.num_units, dtype=torch.bool)
+    for name in block.columns:
+        weight = model.get_submodule(name).weight
+        per_unit = weight.view(weight.shape[0], block.num_units, block.size_of(name))
+        live |= (per_unit != 0).any(dim=(0, 2)).cpu()
+    return live.nonzero().flatten().tolist() or [0]
 
 
 @torch.no_grad()
 def _shrink_block(model: nn.Module, block: StructuredBlock, keep: List[int]) -> None:
-    index = torch.tensor([u * block.unit_size + k for u in keep for k in range(block.unit_size)])
     for role, members in (("rows", block.rows), ("columns", block.columns)):
         for name in members:
+            size = block.size_of(name)
+            index = torch.tensor([u * size + k for u in keep for k in range(size)])
             old = model.get_submodule(name)
             dim = 0 if role == "rows" else 1
             index_on_device = index.to(old.weight.device)
@@ -147,6 +150,8 @@ def _shrink_block(model: nn.Module, block: StructuredBlock, keep: List[int]) -> 
 def _set_head_count(model: nn.Module, layer: str, heads: int) -> None:
     architecture = get_architecture(model)
     attention = model.get_submodule(f"{layer}.{architecture.attention}")
+    if architecture.heads_attribute is None:
+        return  # the attention reads its head count from the projections' shapes (Llama family)
     setattr(attention, architecture.heads_attribute, heads)
     if hasattr(attention, "all_head_size"):
         attention.all_head_size = heads * attention.attention_head_size
