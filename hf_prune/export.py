@@ -35,8 +35,12 @@ def write_model_card(output_dir: str, *, model_name: str, base_model: str, repor
     and a table of pattern, sparsity and scores."""
     patterns = [] if config is None else config.pattern_names()
     pattern = "+".join(patterns) or "dense"
-    target = "0.00" if config is None else (f"{config.target_sparsity:.2f}" if len(config.resolved_groups()) == 1
-                                             else config.describe())
+    if config is None:
+        target = "0.00"
+    elif len(config.resolved_groups()) > 1:
+        target = config.describe()
+    else:   # pattern "lock" without a stated target keeps what was loaded: the measured column says how much
+        target = "loaded zeros" if config.target_sparsity is None else f"{config.target_sparsity:.2f}"
     exact, f1 = metrics.get("eval_exact_match", metrics.get("eval_exact")), metrics.get("eval_f1")
     results = [{"type": key, "value": round(float(value), 2), "name": label}
                for key, value, label in (("exact_match", exact, "Exact Match"), ("f1", f1, "F1")) if value is not None]
@@ -64,7 +68,9 @@ def write_model_card(output_dir: str, *, model_name: str, base_model: str, repor
         f"| {pattern} | {target} | {report.pruned_sparsity:.4f} | {report.linear_sparsity:.4f} | "
         f"{_fmt(exact)} | {_fmt(f1)} |", "",
     ]
-    if config is not None:
+    if config is not None and config.pattern == "lock":
+        lines += ["Fine-tuned with pattern `lock`: the zeros of the loaded model kept, nothing else pruned.", ""]
+    elif config is not None:
         lines += ["Pruning: criterion `{}`, schedule `{}`, scope `{}`, steps {}-{} every {}.".format(
             config.criterion, config.schedule, config.scope, config.start_step, config.end_step, config.frequency), ""]
     if recipe:

@@ -93,3 +93,31 @@ def test_two_processes_keep_the_lock(tmp_path):
     saved = AutoModelForQuestionAnswering.from_pretrained(str(out / "final"))
     for name, zeros in _zeros(saved).items():
         assert torch.equal(zeros, loaded[name]), name
+
+
+def test_script_fine_tunes_a_sparse_folder_with_lock(tmp_path):
+    import json
+
+    import run_qa_prune
+    from tests.qa.helpers import squad_flat_jsonl, squad_nested, tiny_model_folder
+    from tests.test_run_qa_prune import FAST
+
+    files = {"model": tiny_model_folder(str(tmp_path / "model")), "train": squad_nested(str(tmp_path / "train.json")),
+             "validation": squad_flat_jsonl(str(tmp_path / "validation.jsonl"))}
+    run_qa_prune.main(["--model_name_or_path", files["model"], "--train_file", files["train"],
+                       "--validation_file", files["validation"], "--output_dir", str(tmp_path / "sparse"),
+                       "--do_train", *FAST, "--target_sparsity", "0.5", "--pruning_start_step", "1",
+                       "--pruning_end_step", "2", "--pruning_frequency", "1", "--max_steps", "3"])
+    report = json.loads((tmp_path / "sparse" / "sparsity_report.json").read_text())
+    assert report["sparsity_pruned_layers"] == pytest.approx(0.5, abs=0.01)
+    run_qa_prune.main(["--model_name_or_path", str(tmp_path / "sparse"), "--train_file", files["train"],
+                       "--validation_file", files["validation"], "--output_dir", str(tmp_path / "locked"),
+                       "--do_train", *FAST, "--pruning_pattern", "lock", "--max_steps", "3"])
+    before = AutoModelForQuestionAnswering.from_pretrained(str(tmp_path / "sparse"))
+    after = AutoModelForQuestionAnswering.from_pretrained(str(tmp_path / "locked"))
+    for name, zeros in _zeros(before).items():
+        assert torch.equal(_zeros(after)[name], zeros), name
+    card = (tmp_path / "locked" / "README.md").read_text()
+    assert "| lock | 0.50 | 0.5000 |" in card and "the zeros of the loaded model kept" in card
+    assert json.loads((tmp_path / "locked" / "sparsity_report.json").read_text())["sparsity_pruned_layers"] == \
+        pytest.approx(0.5, abs=0.01)
