@@ -28,6 +28,7 @@ from .architectures import StructuredBlock, find_blocks
 from .calibration import InputNorms, run_calibration
 from .config import PruningConfig
 from .criteria import Criterion, get_criterion
+from .launch_modes import check_launch_mode
 from .lora import BASE_LAYER, check_adapters, mask_lora_updates
 from .modules import oriented, prunable_modules, task_head_names
 from .patterns import Pattern, get_pattern
@@ -103,6 +104,7 @@ class Pruner:
         self.modules: Dict[str, nn.Module] = {}
         #: frozen weights (requires_grad=False) a gradient criterion left dense: they never get a score
         self.frozen: List[str] = []
+        check_launch_mode(model, prunable_modules(model))
         self.groups: List[PruningGroup] = self._build_groups(model, config)
         self.masks: Dict[str, torch.Tensor] = {}
         self.bias_masks: Dict[str, torch.Tensor] = {}  # structured patterns: biases of the units' output rows
