@@ -1,8 +1,9 @@
 """Input-activation statistics for activation-aware criteria (Wanda): per input feature of each pruned layer, the
 sum of squares of its inputs over every token seen, so ``||X_j||_2 = sqrt(sum)``.
 
-Forward pre-hooks accumulate while the model runs (calibration batches before a one-shot event, and the training
-forwards after it). Under DDP every rank sees other data, so the sums are all-reduced before they rank anything.
+Forward pre-hooks accumulate while the model trains and during calibration batches (before a one-shot event);
+evaluation forwards are not counted, so validation data never shapes a mask. Under DDP every rank sees other data,
+so the sums are all-reduced before they rank anything.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class InputNorms:
     def __init__(self, modules: Dict[str, nn.Module]) -> None:
         self.sums: Dict[str, torch.Tensor] = {}
         self.tokens: Dict[str, int] = {}
+        self.calibrating = False
         self._handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in modules.items()]
         for name, module in modules.items():
             features = module.weight.shape[0] if is_transposed(module) else module.weight.shape[1]
@@ -32,7 +34,7 @@ class InputNorms:
 
     def _hook(self, name: str):
         def accumulate(module, args):
-            if not args or not torch.is_tensor(args[0]):
+            if not (module.training or self.calibrating) or not args or not torch.is_tensor(args[0]):
                 return
             inputs = args[0].detach()
             flat = inputs.reshape(-1, inputs.shape[-1]).float()

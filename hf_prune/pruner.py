@@ -326,7 +326,11 @@ class Pruner:
         rank by; returns the number run."""
         if self.input_norms is None:
             return 0
-        return run_calibration(self.model, batches, max_batches)
+        self.input_norms.calibrating = True
+        try:
+            return run_calibration(self.model, batches, max_batches)
+        finally:
+            self.input_norms.calibrating = False
 
     @property
     def needs_calibration(self) -> bool:

@@ -17,7 +17,10 @@ def test_scores_against_hand_computation():
     pruner = Pruner(model, PruningConfig(target_sparsity=0.5, pattern="1x1", criterion="wanda", schedule="oneshot",
                                          start_step=0, end_step=0, include=["0"], exclude=[]))
     inputs = [torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]]), torch.tensor([[0.0, 1.0, 2.0]])]
-    for x in inputs:                                         # the forward hooks see the inputs
+    model.eval()
+    model(torch.full((1, 3), 100.0))                         # evaluation forwards are not counted
+    model.train()
+    for x in inputs:                                         # training forwards are
         model(x)
     norms = torch.tensor([(1 + 9 + 0) ** 0.5, (4 + 0 + 1) ** 0.5, (0 + 1 + 4) ** 0.5])
     torch.testing.assert_close(pruner.input_norms.norms("0"), norms)
