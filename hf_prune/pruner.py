@@ -305,6 +305,9 @@ class Pruner:
         if fired:
             self.last_event_step = global_step
             self.apply_masks()
+            if self.input_norms is not None and all(group.schedule.end_step <= global_step for group in self.groups
+                                                    if group.criterion.needs_activations):
+                self.input_norms.remove()  # no activation-ranked event is left: stop the per-step statistics
         return fired
 
     # ---- ranking ------------------------------------------------------------------------------------

@@ -64,7 +64,8 @@ def test_one_shot_2_4_at_step_0_then_recovery_keeps_the_mask(tmp_path):
 
     Trainer(model=model, args=_args(tmp_path, max_steps=4), train_dataset=_CausalLMData(),
             callbacks=[callback, Snapshot()]).train()
-    assert callback.pruner.input_norms.tokens                                  # calibration (and training) fed it
+    assert callback.pruner.input_norms.tokens                                  # calibration fed it
+    assert not callback.pruner.input_norms._handles                           # no statistics after the last event
     assert callback.pruner.last_event_step == 0
     for name, mask in callback.pruner.masks.items():
         assert torch.equal(mask, masks_at_start[name]), name                  # recovery kept the one-shot mask
