@@ -108,7 +108,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
             return
         if any(key.startswith("eval_") for key in logs):  # evaluation results: the Trainer's model card shows them
             metrics = {"eval_sparsity": round(self.pruner.sparsity(), 4),
-                       "eval_target_sparsity": self.config.target_sparsity}
+                       "eval_target_sparsity": self.pruner.config.target_sparsity}
         else:
             metrics = {"sparsity": round(self.pruner.sparsity(), 4)}
             if len(self.pruner.groups) > 1:
