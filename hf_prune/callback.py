@@ -12,6 +12,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .config import PruningConfig
 from .distillation.saved_form import saved_form
 from .export import save_pruning_artifacts
+from .launch_modes import check_sharded_trainer_args
 from .pruner import PRUNER_STATE_NAME, Pruner
 from .trainer_context import move_to_front, running_trainer, saving_checkpoint_dir
 
@@ -35,6 +36,9 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
     training and before a push, into ``output_dir`` beside the final model, unless ``save_artifacts=False``);
     ``trainer.train(resume_from_checkpoint=...)`` restores them. With ``load_best_model_at_end`` the masks of
     the best checkpoint come back with its weights.
+
+    Under FSDP2 (sharded weights) each rank keeps its rows of the masks and scores; the checkpoint's pruner state is
+    gathered by every rank in ``on_save`` and written by the saving rank, in the format of an unsharded run.
     """
 
     def __init__(self, config: Union[PruningConfig, dict, str], resume_from: Optional[str] = None,
@@ -65,6 +69,8 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
                             group.pattern.name, group.config.target_sparsity, len(group.names),
                             group.schedule.event_steps())
         self._check_schedule_fits(state.max_steps)
+        if self.pruner.shards.active:
+            check_sharded_trainer_args(args)
         self._tag_model(model)
         if checkpoint is not None:
             self.pruner.load_state(checkpoint)
@@ -95,12 +101,14 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         self.pruner.step(state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
-        self._save_into_checkpoint()  # already done in ``state()`` unless the Trainer skipped it
+        # every rank: a sharded state is gathered here; an unsharded one was written in ``state()`` (unless the
+        # Trainer skipped it)
+        self._save_into_checkpoint(every_rank=True)
 
     def on_push_begin(self, args, state, control, model=None, **kwargs):
-        self._save_into_checkpoint()
+        self._save_into_checkpoint(every_rank=False)
         self._tag_model(model)
-        if args.should_save and self.save_artifacts:
+        if self.save_artifacts:
             self._write_artifacts(args.output_dir, model)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -122,7 +130,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
             self._restore_best(state, model)
         self.pruner.apply_masks()
         self._tag_model(model)
-        if args.should_save and self.save_artifacts:
+        if self.save_artifacts:
             self._write_artifacts(args.output_dir, model)
 
     def _tag_model(self, model) -> None:
@@ -141,25 +149,32 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         """``ExportableState``: the Trainer calls this while it saves a checkpoint, after the model and before it
         pushes the checkpoint or deletes older ones, so the pruner state is written here, completing the folder
         first. The returned config lets ``restore_callback_states_from_checkpoint`` rebuild this callback."""
-        self._save_into_checkpoint()
+        self._save_into_checkpoint(every_rank=False)
         config = self.pruner.config if self.pruner is not None else self.config
         return {"args": {"config": config.to_dict()}, "attributes": {}}
 
-    def _save_into_checkpoint(self) -> None:
-        if self.pruner is None or self._args is None or not self._args.should_save:
+    def _save_into_checkpoint(self, every_rank: bool) -> None:
+        """Write the pruner state into the checkpoint folder being saved, once. An unsharded state is written by the
+        saving rank alone, at the first call; a sharded one only where ``every_rank`` calls (all ranks gather it)."""
+        if self.pruner is None or self._args is None:
+            return
+        sharded = self.pruner.shards.active
+        if (sharded and not every_rank) or (not sharded and not self._args.should_save):
             return
         step = self._trainer_state.global_step
         folder = saving_checkpoint_dir() or os.path.join(self._args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        if (folder, step) != self._saved and os.path.isdir(folder):
-            self.pruner.save_state(folder)
+        if (folder, step) != self._saved and (sharded or os.path.isdir(folder)):
+            self.pruner.save_state(folder, write=self._args.should_save)
             self._write_artifacts(folder, self.pruner.model)
             self._saved = (folder, step)
 
     def _write_artifacts(self, folder: str, model) -> None:
-        """``pruning_config.json`` and the sparsity report of the model as it is saved (a SimKD head folded)."""
+        """``pruning_config.json`` and the sparsity report of the model as it is saved (a SimKD head folded),
+        written by the saving rank; the report is measured on every rank (under FSDP2 it sums their shards)."""
         with saved_form(model):
             report = self.pruner.sparsity_report()
-        save_pruning_artifacts(folder, report, self.pruner.config)
+        if self._args is None or self._args.should_save:
+            save_pruning_artifacts(folder, report, self.pruner.config)
 
     def _restore_best(self, state, model) -> None:
         """The Trainer has loaded the best checkpoint's weights: its masks come with them, so the returned model,

@@ -1,10 +1,10 @@
-"""Launch modes whose parameters hf_prune cannot mask yet, refused before the first step instead of pruned wrongly.
+"""Launch modes hf_prune cannot mask (yet), refused before the first step instead of pruned wrongly.
 
-Under FSDP2 every parameter is a ``DTensor`` holding one shard: scores, ranking and the sparsity figure would mix
-shards and full tensors (a crash at best, one rank's shard counted as the whole at worst). Under DeepSpeed ZeRO-3
-a parameter outside forward is an empty ``(0,)`` placeholder with its shard elsewhere. FSDP1 flattens parameters
-into one ``FlatParameter``. Until sharded masks exist, each is refused by name; DDP (replicated parameters) is
-supported.
+FSDP2 (``DTensor`` parameters sharded by rows) is supported: :mod:`hf_prune.sharding`. Refused here: FSDP1, which
+flattens a wrapped module's parameters into one ``FlatParameter`` (no per-layer weight is left to mask), and
+DeepSpeed ZeRO-3, whose parameter outside forward is an empty ``(0,)`` placeholder with its partition held elsewhere.
+Under FSDP2 a pushed checkpoint must carry the pruner state, which every rank gathers after the Trainer saved the
+folder: only ``hub_strategy="end"`` pushes after that.
 """
 from __future__ import annotations
 
@@ -12,20 +12,30 @@ from typing import Dict
 
 from torch import nn
 
-__all__ = ["check_launch_mode"]
+__all__ = ["check_launch_mode", "check_sharded_trainer_args"]
+
+#: hub strategies that push a checkpoint from inside the Trainer's save, before a sharded pruner state is written
+_EARLY_PUSH_STRATEGIES = ("every_save", "checkpoint", "all_checkpoints")
 
 
 def check_launch_mode(model: nn.Module, modules: Dict[str, nn.Module]) -> None:
-    """Raise ``ValueError`` naming the launch mode when a module to prune holds sharded parameters."""
+    """Raise ``ValueError`` naming the launch mode when a module to prune holds parameters hf_prune cannot mask."""
     if any(type(module).__name__ == "FullyShardedDataParallel" for module in model.modules()) or any(
             type(parameter).__name__ == "FlatParameter" for parameter in model.parameters()):
-        raise ValueError("FSDP1 (flattened parameters) is not supported by hf_prune; use DDP for now (FSDP2 sharded "
-                         "pruning is not implemented yet either)")
+        raise ValueError("FSDP1 (flattened parameters) is not supported by hf_prune; use FSDP2 "
+                         "(fsdp_config={'fsdp_version': 2}, PyTorch's fully_shard) or DDP")
     for name, module in modules.items():
         weight = module.weight
-        if type(weight).__name__ == "DTensor" or type(getattr(weight, "data", None)).__name__ == "DTensor":
-            raise ValueError(f"{name}.weight is a DTensor (FSDP2 / tensor parallelism shards it across processes): "
-                             "hf_prune's masks and scores are not sharded yet; prune under DDP, or without sharding")
         if hasattr(weight, "ds_id") or (weight.dim() == 1 and weight.numel() == 0):
             raise ValueError(f"{name}.weight is partitioned by DeepSpeed ZeRO-3 (shape {tuple(weight.shape)} outside "
-                             "forward): hf_prune does not prune ZeRO-3 partitions yet; use ZeRO stage 1/2 or DDP")
+                             "forward): hf_prune does not prune ZeRO-3 partitions yet; use FSDP2, ZeRO stage 1/2 "
+                             "or DDP")
+
+
+def check_sharded_trainer_args(args) -> None:
+    """Trainer settings that cannot work with sharded (FSDP2) masks: refused by name before the first step."""
+    strategy = str(getattr(getattr(args, "hub_strategy", None), "value", getattr(args, "hub_strategy", "")))
+    if getattr(args, "push_to_hub", False) and strategy in _EARLY_PUSH_STRATEGIES:
+        raise ValueError(f"push_to_hub with hub_strategy={strategy!r} under FSDP2: the Trainer pushes each checkpoint "
+                         "before every rank has gathered its pruner state into it; use hub_strategy='end' (the final "
+                         "model, its masks' report and card are pushed once training ends)")

@@ -78,6 +78,11 @@ class WeightPattern(Pattern):
     def build_mask(self, block_scores: torch.Tensor, pruned_units: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
         """Element keep-mask (bool, weight-shaped) with ``pruned_units`` (1-D bool) removed."""
 
+    @property
+    def block_rows(self) -> int:
+        """Output rows one row of block scores covers (a row-sharded weight must not split them)."""
+        return 1
+
 
 class BlockPattern(WeightPattern):
     """``NxM``: blocks of ``rows`` output rows x ``cols`` input columns."""
@@ -119,6 +124,10 @@ class BlockPattern(WeightPattern):
 
     def unit_costs(self, block_scores: torch.Tensor) -> torch.Tensor:
         return block_scores.reshape(-1)
+
+    @property
+    def block_rows(self) -> int:
+        return self.rows
 
     @property
     def elements_per_unit(self) -> int:

@@ -8,7 +8,9 @@ One optimizer step of a training loop::
     pruner.apply_masks()         # masked weights back to exactly 0, whatever the optimizer did
     pruner.step(global_step)     # at pruning events: rank blocks, rebuild masks, apply them
 
-State is plain tensors keyed by module name (``state_dict``), so a checkpoint holds no modules or pickles.
+State is plain tensors keyed by module name (``state_dict``), so a checkpoint holds no modules or pickles. Under FSDP2
+masks and scores hold the rank's rows only (:mod:`hf_prune.sharding`); ``step``, ``sparsity`` and ``state_dict``
+are then collectives that every rank calls.
 """
 from __future__ import annotations
 
@@ -29,11 +31,12 @@ from .calibration import InputNorms, run_calibration
 from .config import PruningConfig
 from .criteria import Criterion, get_criterion
 from .launch_modes import check_launch_mode
-from .lora import BASE_LAYER, check_adapters, mask_lora_updates
+from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates
 from .modules import oriented, prunable_modules, task_head_names
 from .patterns import Pattern, get_pattern
 from .report import FROZEN, SparsityReport, sparsity_report
 from .schedules import PruningSchedule
+from .sharding import WeightShards, local_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +72,19 @@ class PruningGroup:
         return self.config.momentum if self.criterion.uses_momentum else 0.0
 
     def score_shape(self, name: str, weight_shape: Tuple[int, int]) -> Tuple[int, ...]:
+        """Stored scores of an oriented weight of ``weight_shape`` (the full weight, or a rank's rows of it)."""
         if name in self.roles:
-            return (self.roles[name][0].num_units,)
+            block, role = self.roles[name]
+            return (weight_shape[0 if role == "rows" else 1] // block.size_of(name),)
         return self.pattern.score_shape(weight_shape)
+
+    def rows_per_score(self, name: str) -> Optional[int]:
+        """Weight rows one dim-0 entry of ``name``'s scores covers; None when each entry sums over all rows (the
+        units of a head/channel column module), so a rank's rows give a partial sum."""
+        if name in self.roles:
+            block, role = self.roles[name]
+            return block.size_of(name) if role == "rows" else None
+        return self.pattern.block_rows
 
     def reduce(self, name: str, element_scores: torch.Tensor) -> torch.Tensor:
         """Element scores of module ``name`` -> its stored scores (per block, or per structured unit)."""
@@ -106,21 +119,26 @@ class Pruner:
         self.frozen: List[str] = []
         check_launch_mode(model, prunable_modules(model))
         self.groups: List[PruningGroup] = self._build_groups(model, config)
+        self._group_of = {name: group for group in self.groups for name in group.names}
+        #: FSDP2 row shards: masks, bias masks and scores below then hold this rank's rows only
+        self.shards = WeightShards(self.modules)
+        self._check_shards(model)
         self.masks: Dict[str, torch.Tensor] = {}
         self.bias_masks: Dict[str, torch.Tensor] = {}  # structured patterns: biases of the units' output rows
         self.scores: Dict[str, torch.Tensor] = {}
         for group in self.groups:
             for name in group.names:
                 module = self.modules[name]
+                weight = local_tensor(module.weight)
                 if group.pattern.locked:
-                    self.masks[name] = module.weight.detach() != 0
+                    self.masks[name] = weight.detach() != 0
                     continue
-                self.masks[name] = torch.ones_like(module.weight, dtype=torch.bool)
+                self.masks[name] = torch.ones_like(weight, dtype=torch.bool)
                 if group.criterion.needs_gradient:
-                    shape = group.score_shape(name, tuple(oriented(module, module.weight).shape))
-                    self.scores[name] = torch.zeros(shape, dtype=torch.float32, device=module.weight.device)
+                    shape = group.score_shape(name, tuple(oriented(module, weight).shape))
+                    self.scores[name] = torch.zeros(shape, dtype=torch.float32, device=weight.device)
                 if name in group.roles and group.roles[name][1] == "rows" and module.bias is not None:
-                    self.bias_masks[name] = torch.ones_like(module.bias, dtype=torch.bool)
+                    self.bias_masks[name] = torch.ones_like(local_tensor(module.bias), dtype=torch.bool)
         self.last_event_step: Optional[int] = None
         self._lock_targets()
         needing_inputs = {name: self.modules[name] for group in self.groups if group.criterion.needs_activations
@@ -172,6 +190,19 @@ class Pruner:
                                            schedule, selected, blocks))
         return groups
 
+    def _check_shards(self, model: nn.Module) -> None:
+        """Sharded weights: no block may straddle two ranks' rows, and LoRA's masked updates need whole masks."""
+        if not self.shards.active:
+            return
+        if lora_layers(model):
+            raise ValueError("LoRA adapters on an FSDP2-sharded model are not supported by hf_prune (the adapters' "
+                             "masked updates need whole masks): train the LoRA model under DDP")
+        for group in self.groups:
+            for name in group.names if not group.pattern.locked else ():
+                rows = group.rows_per_score(name)
+                if rows is not None:
+                    self.shards.check_rows(name, rows, f"a unit of pattern {group.pattern.name!r}")
+
     def _drop_frozen(self, selected: List[str], group_config: PruningConfig) -> List[str]:
         """A frozen weight never gets a gradient, so a gradient criterion would score it 0 and prune it first, by
         index order: leave it dense and say so (magnitude, which needs no gradient, may prune it)."""
@@ -193,8 +224,7 @@ class Pruner:
         for group in self.groups:
             if not group.pattern.locked:
                 continue
-            zeros = sum(int((~self.masks[name]).sum()) for name in group.names)
-            total = sum(self.masks[name].numel() for name in group.names)
+            zeros, total = self._pruned_and_total(group.names)
             measured = zeros / total
             if zeros == 0:
                 raise ValueError(f"pattern 'lock' (group {group.config.name!r}) found no zero weights in its {total:,} "
@@ -262,9 +292,9 @@ class Pruner:
                 continue
             for name in group.names:
                 module = self.modules[name]
-                if module.weight.grad is not None:
-                    element = group.criterion.element_scores(oriented(module, module.weight),
-                                                             oriented(module, module.weight.grad))
+                if module.weight.grad is not None:  # sharded: the rank's rows of the (averaged) gradient
+                    element = group.criterion.element_scores(oriented(module, local_tensor(module.weight)),
+                                                             oriented(module, local_tensor(module.weight.grad)))
                     updates.append((name, group.momentum, group.reduce(name, element)))
         if not updates:
             return
@@ -288,7 +318,7 @@ class Pruner:
             return  # nothing pruned yet: all masks are ones
         for masks, attribute in ((self.masks, "weight"), (self.bias_masks, "bias")):
             for name, mask in masks.items():
-                tensor = getattr(self.modules[name], attribute)
+                tensor = local_tensor(getattr(self.modules[name], attribute))
                 if mask.device != tensor.device:
                     mask = masks[name] = mask.to(tensor.device)
                 tensor.mul_(mask)
@@ -312,8 +342,9 @@ class Pruner:
 
     # ---- ranking ------------------------------------------------------------------------------------
     def _block_scores(self, group: PruningGroup, name: str) -> torch.Tensor:
+        """Block scores of the whole weight (gathered from every rank's rows when it is sharded)."""
         if group.criterion.needs_gradient:
-            return self.scores[name]
+            return self._full("scores", name, self.scores[name])
         module = self.modules[name]
         extra = None
         if group.criterion.needs_activations:
@@ -322,7 +353,8 @@ class Pruner:
                                  "the model has run no forward pass yet: call pruner.calibrate(batches) before a "
                                  "step-0 event (PruningTrainerCallback does it from the training data)")
             extra = self.input_norms.norms(name)
-        return group.reduce(name, group.criterion.element_scores(oriented(module, module.weight), extra))
+        local = group.reduce(name, group.criterion.element_scores(oriented(module, local_tensor(module.weight)), extra))
+        return self._full("scores", name, local)
 
     def calibrate(self, batches, max_batches: int) -> int:
         """Run up to ``max_batches`` batches through the model so activation criteria (``wanda``) have inputs to
@@ -366,7 +398,7 @@ class Pruner:
                 module = self.modules[entry]
                 shape = tuple(oriented(module, module.weight).shape)
                 mask = group.pattern.build_mask(block_scores[entry], pruned, shape)
-                self.masks[entry] = oriented(module, mask).contiguous().to(module.weight.device)
+                self.masks[entry] = self._local("masks", entry, oriented(module, mask).contiguous()).to(module.weight.device)
 
     def _structured_costs(self, group: PruningGroup, unit_scores: Dict[str, torch.Tensor]):
         """Cost of each unit of each block: its members' unit scores summed. Every unit of a group holds the
@@ -387,9 +419,10 @@ class Pruner:
             for name in members:
                 weight = self.modules[name].weight
                 mask = group.pattern.unit_mask(keep_units, role, block.size_of(name), tuple(weight.shape))
-                self.masks[name] = mask.to(weight.device)
+                self.masks[name] = self._local("masks", name, mask).to(weight.device)
                 if name in self.bias_masks:
-                    self.bias_masks[name] = keep_units.repeat_interleave(block.size_of(name)).to(weight.device)
+                    bias_mask = keep_units.repeat_interleave(block.size_of(name))
+                    self.bias_masks[name] = self._local("bias_masks", name, bias_mask).to(weight.device)
 
     @staticmethod
     def _global_counts(config: PruningConfig, sparsity: float, costs, orders, sizes, per_unit: int,
@@ -412,17 +445,21 @@ class Pruner:
         return {n: low[n] + taken[i] for i, n in enumerate(names)}
 
     # ---- reporting ----------------------------------------------------------------------------------
+    def _pruned_and_total(self, names: List[str]) -> Tuple[int, int]:
+        """Masked weights and all weights of the layers ``names``, summed over every rank's shard."""
+        pruned = sum(int((~self.masks[name]).sum()) for name in names)
+        return self.shards.total((pruned, sum(self.masks[name].numel() for name in names)))
+
     def sparsity(self) -> float:
         """Masked fraction over all pruned weights."""
-        pruned = sum(int((~mask).sum()) for mask in self.masks.values())
-        total = sum(mask.numel() for mask in self.masks.values())
+        pruned, total = self._pruned_and_total(list(self.masks))
         return pruned / total if total else 0.0
 
     def group_sparsity(self) -> Dict[str, float]:
         result = {}
         for group in self.groups:
-            pruned = sum(int((~self.masks[name]).sum()) for name in group.names)
-            result[group.config.name] = pruned / sum(self.masks[name].numel() for name in group.names)
+            pruned, total = self._pruned_and_total(group.names)
+            result[group.config.name] = pruned / total
         return result
 
     def patterns(self) -> Dict[str, str]:
@@ -435,31 +472,63 @@ class Pruner:
         return sparsity_report(self.model, self.patterns())
 
     # ---- state --------------------------------------------------------------------------------------
+    def _rows_per_entry(self, key: str, name: str) -> Optional[int]:
+        """Weight rows per dim-0 entry of a state tensor; None for per-rank partial sums (summed, not joined)."""
+        if key in ("masks", "bias_masks"):
+            return 1
+        return None if key == "input_sums" else self._group_of[name].rows_per_score(name)
+
+    def _full(self, key: str, name: str, local: torch.Tensor) -> torch.Tensor:
+        """The whole-model form of a state tensor (a collective when ``name`` is sharded; else ``local`` itself)."""
+        rows = self._rows_per_entry(key, name)
+        return self.shards.sum_partials(name, local) if rows is None else self.shards.gather_rows(name, local, rows)
+
+    def _local(self, key: str, name: str, full: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a whole-model state tensor (the inverse of ``_full``)."""
+        rows = self._rows_per_entry(key, name)
+        return self.shards.local_partial(name, full) if rows is None else self.shards.local_rows(name, full, rows)
+
+    def _full_shape(self, key: str, name: str) -> Tuple[int, ...]:
+        module = self.modules[name]
+        if key == "masks":
+            return tuple(module.weight.shape)
+        if key == "bias_masks":
+            return tuple(module.bias.shape)
+        if key == "scores":
+            return tuple(self._group_of[name].score_shape(name, tuple(oriented(module, module.weight).shape)))
+        return tuple(self.input_sums[name].shape)
+
     def state_dict(self) -> Dict[str, object]:
-        state: Dict[str, object] = {key: {name: tensor.clone() for name, tensor in getattr(self, key).items()}
-                                    for key in _STATE_KEYS.values()}
+        """Masks and scores of the whole model; under FSDP2 gathered from every rank (all ranks must call it)."""
+        state: Dict[str, object] = {key: {name: self._full(key, name, tensor).clone() for name, tensor in
+                                          getattr(self, key).items()} for key in _STATE_KEYS.values()}
         state.update(last_event_step=self.last_event_step, config=self.config.to_dict())
         return state
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
-        """Restore masks and scores saved by ``state_dict``; the set of modules and shapes must match."""
+        """Restore masks and scores saved by ``state_dict`` (by a run of any world size); the set of modules and
+        shapes must match."""
         for key in _STATE_KEYS.values():
             current, saved = getattr(self, key), state.get(key, {})
             if set(saved) != set(current):
                 missing, unexpected = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
                 raise ValueError(f"pruner state {key} do not match this model: missing {missing}, unexpected {unexpected}")
             for name, tensor in saved.items():
-                if tuple(tensor.shape) != tuple(current[name].shape):
-                    raise ValueError(f"pruner state {key}[{name!r}] has shape {tuple(tensor.shape)}, "
-                                     f"expected {tuple(current[name].shape)}")
-                current[name] = tensor.to(device=current[name].device, dtype=current[name].dtype).clone()
+                expected = self._full_shape(key, name)
+                if tuple(tensor.shape) != expected:
+                    raise ValueError(f"pruner state {key}[{name!r}] has shape {tuple(tensor.shape)}, expected {expected}")
+                local = self._local(key, name, tensor)
+                current[name] = local.to(device=current[name].device, dtype=current[name].dtype).clone()
         self.last_event_step = state.get("last_event_step")
 
-    def save_state(self, directory: str) -> str:
-        """Write masks and scores as safetensors (no pickle) into ``directory``."""
+    def save_state(self, directory: str, write: bool = True) -> Optional[str]:
+        """Write masks and scores as safetensors (no pickle) into ``directory``. Sharded: every rank calls it (the
+        state is gathered), the saving rank with ``write=True``, the others with ``write=False``."""
         from safetensors.torch import save_file
 
         state = self.state_dict()
+        if not write:
+            return None
         tensors = {f"{prefix}.{name}": tensor.contiguous().cpu()
                    for prefix, key in _STATE_KEYS.items() for name, tensor in state[key].items()}
         metadata = {"last_event_step": json.dumps(state["last_event_step"]), "config": json.dumps(state["config"])}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .modules import prunable_modules
+from .sharding import local_tensor, sum_over_shards
 
 __all__ = ["LayerSparsity", "SparsityReport", "sparsity_report", "DENSE", "FROZEN"]
 
@@ -70,11 +71,14 @@ class SparsityReport:
 @torch.no_grad()
 def sparsity_report(model: nn.Module, patterns: Optional[Dict[str, str]] = None) -> SparsityReport:
     """Rows for every ``nn.Linear`` (and ``Conv1D``). ``patterns`` maps pruned layer names to their pattern;
-    without it, a layer counts as pruned when any of its weights is exactly zero."""
+    without it, a layer counts as pruned when any of its weights is exactly zero. Under FSDP2 the zeros of every
+    rank's shard are summed (a collective: every rank calls it)."""
     rows = []
-    for name, module in prunable_modules(model).items():
+    modules = prunable_modules(model)
+    weights = [module.weight for module in modules.values()]
+    all_zeros = sum_over_shards(weights, [int((local_tensor(weight) == 0).sum()) for weight in weights])
+    for (name, module), zeros in zip(modules.items(), all_zeros):
         weight = module.weight
-        zeros = int((weight == 0).sum())
         if patterns is None:
             pattern = "sparse" if zeros else DENSE
         else:

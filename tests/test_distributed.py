@@ -20,9 +20,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _launch(nproc: int, *worker_args: str) -> None:
+def _launch(nproc: int, *worker_args: str, worker: str = WORKER) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", WORKER, *worker_args]
+               f"--master_port={_free_port()}", worker, *worker_args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, "stderr:\n" + result.stderr[-3000:] + "\nstdout:\n" + result.stdout[-3000:]

@@ -1,6 +1,7 @@
-"""Sharded launch modes hf_prune cannot mask yet are refused before the first step, naming the mode: FSDP2's
-DTensor parameters (a real DTensor on a 1-process gloo group), DeepSpeed ZeRO-3's empty partitions (a stand-in
-with DeepSpeed's attributes: DeepSpeed is not installed here), FSDP1's flat parameters."""
+"""Sharded launch modes hf_prune cannot mask are refused before the first step, naming the mode: a DTensor placed
+otherwise than FSDP2's row shards (a real replicated DTensor on a 1-process gloo group: tensor parallelism's
+placements), DeepSpeed ZeRO-3's empty partitions (a stand-in with DeepSpeed's attributes), FSDP1's flat
+parameters. FSDP2 itself is supported: tests/test_fsdp.py."""
 import os
 import socket
 
@@ -20,20 +21,51 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def test_fsdp2_dtensor_parameters_are_refused():
-    from torch.distributed.tensor import Replicate, distribute_tensor, init_device_mesh
+@pytest.fixture
+def one_rank_mesh():
+    from torch.distributed.tensor import init_device_mesh
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     try:
-        mesh = init_device_mesh("cpu", (1,))
-        model = tiny_bert_qa()
-        query = model.bert.encoder.layer[0].attention.self.query
-        query.weight = nn.Parameter(distribute_tensor(query.weight.detach(), mesh, [Replicate()]))
-        with pytest.raises(ValueError, match=r"attention.self.query.weight is a DTensor \(FSDP2"):
-            Pruner(model, CONFIG)
+        yield init_device_mesh("cpu", (1,))
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _distribute(module: nn.Module, mesh, placement) -> None:
+    from torch.distributed.tensor import distribute_tensor
+
+    module.weight = nn.Parameter(distribute_tensor(module.weight.detach(), mesh, [placement]))
+
+
+def test_dtensors_not_sharded_by_rows_are_refused(one_rank_mesh):
+    from torch.distributed.tensor import Replicate
+
+    model = tiny_bert_qa()
+    _distribute(model.bert.encoder.layer[0].attention.self.query, one_rank_mesh, Replicate())
+    with pytest.raises(ValueError, match=r"attention.self.query.weight is a DTensor placed \(Replicate\(\),\) on a "
+                                         r"1-D mesh: hf_prune prunes FSDP2's row sharding only"):
+        Pruner(model, CONFIG)
+
+
+@pytest.mark.parametrize("method", ["reused_classifier", "narrower"])
+def test_distillation_modules_outside_a_sharded_students_forward_are_refused(one_rank_mesh, tmp_path, method):
+    from torch.distributed.tensor import Shard
+    from transformers import TrainingArguments
+
+    from hf_prune import DistillationConfig, DistillationTrainer
+
+    student = tiny_bert_qa(seed=1, hidden_size=16 if method == "narrower" else 32)
+    config = (DistillationConfig(method="reused_classifier") if method == "reused_classifier"
+              else DistillationConfig(hidden_state_weight=1.0))
+    trainer = DistillationTrainer(model=student, teacher_model=tiny_bert_qa(seed=2), distillation_config=config,
+                                  args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
+    trainer._check_sharded_student(student)  # unsharded: accepted
+    _distribute(student.bert.encoder.layer[0].intermediate.dense, one_rank_mesh, Shard(0))
+    trainer._sharding_checked = False
+    with pytest.raises(ValueError, match="on an FSDP2-sharded student is not supported; use method 'logits'"):
+        trainer.compute_loss(student.train(), {})
 
 
 def test_zero3_partitions_are_refused():

@@ -17,6 +17,7 @@ from .layerwise import HiddenStateProjections, attention_loss, hidden_state_loss
 from .losses import feature_mse, kd_loss
 from .saved_form import saved_form
 from .simkd import SimKDHead, find_task_head, install_simkd_head
+from ..sharding import is_dtensor
 from .teacher import check_teacher, check_tokenizers, forward_parameters, is_language_model, split_inputs
 from .token_kd import token_kd_loss
 
@@ -82,11 +83,26 @@ class DistillationTrainer(Trainer):
                 self._capture_teacher_features)
         self._loss_sums: Dict[str, torch.Tensor] = {}
         self._loss_count = 0
+        self._sharding_checked = False
         super().__init__(*args, **kwargs)
         if not TRAINER_READS_LOSS_SCALING:
             # transformers < 5.x without ``loss_is_scaled_for_ga`` divides by the accumulation steps only when the
             # model "accepts loss kwargs" and no compute_loss_func is set (compute_loss divides in that case)
             self.model_accepts_loss_kwargs = False
+
+    def _check_sharded_student(self, model: nn.Module) -> None:
+        """Under FSDP2 (the student sharded at ``train()``, so checked at the first training batch, before any
+        optimizer step) the frozen teacher stays whole on every rank and logit/token KD works; the training-only
+        modules that live in the student (SimKD head, hidden-state projections) are used outside its forward,
+        where FSDP2 holds them as shards, so they are refused."""
+        self._sharding_checked = True
+        extras = [name for name, used in (("method 'reused_classifier' (SimKD)", self.simkd_head is not None),
+                                          ("hidden-state projections (a narrower student)",
+                                           self.projections is not None)) if used]
+        if extras and any(is_dtensor(parameter) for parameter in model.parameters()):
+            raise ValueError(f"DistillationTrainer with {' and '.join(extras)} on an FSDP2-sharded student is not "
+                             "supported; use method 'logits' (hidden-state distillation between equally wide models "
+                             "needs no projection), or train under DDP")
 
     def _capture_teacher_features(self, module, inputs, output) -> None:
         self._teacher_features = inputs[0]
@@ -95,6 +111,8 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:  # evaluation and prediction: the task loss, exactly as the stock Trainer has it
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not self._sharding_checked:
+            self._check_sharded_student(model)
         config = self.distillation_config
         labels = inputs.get("labels") if self.label_smoother is not None or self.compute_loss_func is not None else None
         layer_outputs = {"output_hidden_states": config.hidden_state_weight > 0,

@@ -1,0 +1,173 @@
+"""Masks and scores of sharded weights (FSDP2): kept per shard between events, ranked on full tensors at events.
+
+Under FSDP2 every pruned weight is a ``DTensor`` whose local part is a contiguous range of output rows
+(``Shard(0)`` on a 1-D device mesh). Every step stays local and needs no communication: the sharded gradient is
+already averaged over ranks, so ``|w * grad|`` and the momentum update act on the local rows, and masking is a
+local multiply. Only a pruning event talks to other ranks: the block scores are gathered (rows concatenated; the
+per-unit partial sums of a head/channel *column* module summed), so every rank ranks the same full scores, builds
+the same full masks as a single process would, and keeps its own rows. The pruner state is gathered the same way
+for a checkpoint (one file, the format of an unsharded run) and sliced again on resume, for any world size.
+
+A block of a pattern must not straddle two shards: its rows (4 for ``4x1``, a head's ``head_dim`` rows) must
+divide every shard's offset and length, which is checked before training. Replicated parameters (DDP, one
+process) use :class:`WeightShards` as a no-op.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["RowShard", "WeightShards", "is_dtensor", "local_tensor", "sum_over_shards"]
+
+
+def is_dtensor(tensor) -> bool:
+    return type(tensor).__name__ == "DTensor" or type(getattr(tensor, "data", None)).__name__ == "DTensor"
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The rank's own part of a ``DTensor`` (same storage: writes reach the parameter); other tensors as they are."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def sum_over_shards(weights: Sequence[torch.Tensor], counts: Sequence[int]) -> Tuple[int, ...]:
+    """``counts[i]`` counted on the local part of ``weights[i]``: summed over ranks for the sharded weights (a
+    collective every rank calls), kept as they are for the others."""
+    sharded = [i for i, weight in enumerate(weights) if is_dtensor(weight)]
+    if not sharded:
+        return tuple(counts)
+    import torch.distributed as dist
+
+    first = weights[sharded[0]]
+    summed = torch.tensor([counts[i] for i in sharded], dtype=torch.long, device=first.to_local().device)
+    dist.all_reduce(summed, group=first.device_mesh.get_group())
+    result = list(counts)
+    for i, value in zip(sharded, summed.tolist()):
+        result[i] = int(value)
+    return tuple(result)
+
+
+@dataclass(frozen=True)
+class RowShard:
+    """Which rows of a weight of ``full_rows`` rows each rank of ``group`` holds."""
+
+    group: object          # torch.distributed ProcessGroup of the mesh
+    rank: int
+    offsets: Tuple[int, ...]
+    lengths: Tuple[int, ...]
+    full_rows: int
+
+    @property
+    def local_rows(self) -> slice:
+        return slice(self.offsets[self.rank], self.offsets[self.rank] + self.lengths[self.rank])
+
+
+def _row_shard(name: str, weight: torch.Tensor) -> RowShard:
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard
+
+    mesh, placements = weight.device_mesh, tuple(weight.placements)
+    if mesh.ndim != 1 or len(placements) != 1 or not isinstance(placements[0], Shard) or placements[0].dim != 0:
+        raise ValueError(f"{name}.weight is a DTensor placed {placements} on a {mesh.ndim}-D mesh: hf_prune prunes "
+                         "FSDP2's row sharding only (Shard(0) on a 1-D mesh); tensor parallelism and HSDP are not "
+                         "supported")
+    group = mesh.get_group()
+    local_rows = torch.tensor([weight.to_local().shape[0]], dtype=torch.long, device=weight.to_local().device)
+    gathered = [torch.zeros_like(local_rows) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, local_rows, group=group)
+    lengths = tuple(int(t.item()) for t in gathered)
+    offsets = tuple(sum(lengths[:i]) for i in range(len(lengths)))
+    return RowShard(group, dist.get_rank(group), offsets, lengths, int(weight.shape[0]))
+
+
+class WeightShards:
+    """The row shards of the sharded weights among ``modules`` (none when nothing is sharded)."""
+
+    def __init__(self, modules: Dict[str, nn.Module]) -> None:
+        self.shards: Dict[str, RowShard] = {}
+        self.device: Optional[torch.device] = None  # where collectives' tensors live (NCCL needs the GPU)
+        for name, module in modules.items():
+            if not is_dtensor(module.weight):
+                continue
+            from .modules import is_transposed
+
+            if is_transposed(module):
+                raise ValueError(f"{name} is a Conv1D (weight stored [in, out]) sharded by FSDP2: hf_prune prunes "
+                                 "sharded nn.Linear weights only; train this model under DDP")
+            self.shards[name] = _row_shard(name, module.weight)
+            self.device = module.weight.to_local().device
+
+    @property
+    def active(self) -> bool:
+        return bool(self.shards)
+
+    def check_rows(self, name: str, block_rows: int, what: str) -> None:
+        """Refuse a shard boundary inside a block of ``block_rows`` rows: its score would be split across ranks."""
+        shard = self.shards.get(name)
+        if shard is None or block_rows == 1:
+            return
+        bad = [(offset, length) for offset, length in zip(shard.offsets, shard.lengths)
+               if offset % block_rows or length % block_rows]
+        if bad:
+            raise ValueError(f"{name}: FSDP2 splits its {shard.full_rows} rows into shards of {list(shard.lengths)} "
+                             f"rows, and {what} spans {block_rows} rows, so a block would straddle two ranks; use a "
+                             "world size that divides the rows into multiples of it, or another pattern")
+
+    # ---- events and checkpoints: full tensors from shards, and back ---------------------------------------
+    def gather_rows(self, name: str, local: torch.Tensor, rows_per_entry: int = 1) -> torch.Tensor:
+        """Concatenate every rank's ``local`` along dim 0, where each entry covers ``rows_per_entry`` weight rows."""
+        shard = self.shards.get(name)
+        if shard is None:
+            return local
+        import torch.distributed as dist
+
+        lengths = [length // rows_per_entry for length in shard.lengths]
+        padded = torch.zeros((max(lengths), *local.shape[1:]), dtype=_wire_dtype(local), device=local.device)
+        padded[: local.shape[0]] = local
+        pieces = [torch.empty_like(padded) for _ in lengths]
+        dist.all_gather(pieces, padded, group=shard.group)
+        return torch.cat([piece[:length] for piece, length in zip(pieces, lengths)]).to(local.dtype)
+
+    def sum_partials(self, name: str, local: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of per-rank partial scores (each rank summed its own rows)."""
+        shard = self.shards.get(name)
+        if shard is None:
+            return local
+        import torch.distributed as dist
+
+        total = local.clone()
+        dist.all_reduce(total, group=shard.group)
+        return total
+
+    def local_rows(self, name: str, full: torch.Tensor, rows_per_entry: int = 1) -> torch.Tensor:
+        """This rank's entries of a full tensor (dim 0 covering the weight's rows, ``rows_per_entry`` each)."""
+        shard = self.shards.get(name)
+        if shard is None:
+            return full
+        rows = shard.local_rows
+        return full[rows.start // rows_per_entry: rows.stop // rows_per_entry].clone()
+
+    def local_partial(self, name: str, total: torch.Tensor) -> torch.Tensor:
+        """A summed score split back into partials: rank 0 holds the total, the others zeros (sums stay exact)."""
+        shard = self.shards.get(name)
+        if shard is None or shard.rank == 0:
+            return total
+        return torch.zeros_like(total)
+
+    def total(self, counts: Sequence[int]) -> Tuple[int, ...]:
+        """``counts`` (of local shards) summed over the ranks that share the shards."""
+        if not self.active:
+            return tuple(counts)
+        import torch.distributed as dist
+
+        group = next(iter(self.shards.values())).group
+        summed = torch.tensor(list(counts), dtype=torch.long, device=self.device)
+        dist.all_reduce(summed, group=group)
+        return tuple(int(value) for value in summed.tolist())
+
+
+def _wire_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """Collectives of some backends take no bool tensors: masks travel as uint8."""
+    return torch.uint8 if tensor.dtype == torch.bool else tensor.dtype

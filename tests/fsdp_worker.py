@@ -1,0 +1,119 @@
+"""Run by tests/test_fsdp.py: a Trainer with the pruning callback on a model FSDP2 shards over 2 CPU processes
+(gloo), or the same run on one unsharded process with the same global batch (the reference).
+
+Every pruning event writes the whole-model pruner state (``state_dict()``, gathered from the shards) from rank 0;
+the run writes what it saw of the sharding, the logged sparsity, and saves the final full model.
+
+accelerate 1.15 turns FSDP on for GPU-type distributed states only, and silently uses DDP on CPU; the Trainer
+subclass below sets the accelerate state to FSDP itself (a test-only workaround: on GPUs the Trainer's own
+``fsdp``/``fsdp_config`` arguments do this).
+"""
+import json
+import os
+import sys
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hf_prune import DistillationTrainer, PruningConfig, PruningTrainerCallback  # noqa: E402
+from tests.conftest import QADataset, tiny_bert_qa  # noqa: E402
+
+BERT_CONFIG = PruningConfig(target_sparsity=0.6, pattern="4x1", include=["attention"], start_step=2, end_step=6,
+                            frequency=2, groups=[{"include": [r"intermediate\.dense", r"layer\.\d+\.output\.dense"],
+                                                  "pattern": "2:4", "target_sparsity": 0.5, "scope": "local"}])
+QWEN2_CONFIG = PruningConfig(target_sparsity=0.5, pattern="head", include=["self_attn"], start_step=2, end_step=6,
+                             frequency=2, groups=[{"include": ["mlp"], "pattern": "channel", "criterion": "magnitude"}])
+
+
+def tiny_qwen2(seed: int) -> Qwen2ForCausalLM:
+    """A Llama-family decoder with grouped-query attention (2 query heads per key/value head) and q/k/v biases."""
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                        max_position_embeddings=32))
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    def __init__(self, size: int = 64, seq_len: int = 16) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, 64, (size, seq_len), generator=generator)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        return {"input_ids": self.ids[index], "labels": self.ids[index]}
+
+
+class FSDPOnCPU:
+    """Trainer mixin: the accelerate state set to FSDP2 on CPU (see the module docstring)."""
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        from accelerate.state import AcceleratorState, PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        for state in (AcceleratorState(), PartialState()):
+            state.distributed_type = DistributedType.FSDP
+        AcceleratorState().fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+        self.is_fsdp_enabled = True
+
+
+class RecordingCallback(PruningTrainerCallback):
+    def __init__(self, config, out_dir):
+        super().__init__(config)
+        self.out_dir = out_dir
+        self.seen = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        super().on_train_begin(args, state, control, model=model, **kwargs)
+        weight = self.pruner.modules[next(iter(self.pruner.modules))].weight
+        self.seen = {"weight_type": type(weight).__name__, "sharded": self.pruner.shards.active,
+                     "local_mask_rows": [int(mask.shape[0]) for mask in self.pruner.masks.values()],
+                     "full_rows": [int(module.weight.shape[0]) for module in self.pruner.modules.values()]}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        if self.pruner.last_event_step == state.global_step:
+            full = self.pruner.state_dict()  # every rank: a collective when sharded
+            if args.process_index == 0:
+                torch.save({"masks": full["masks"], "scores": full["scores"], "bias_masks": full["bias_masks"]},
+                           os.path.join(self.out_dir, f"step{state.global_step}.pt"))
+
+
+def main(out_dir: str, model_kind: str, launch: str, resume: str = "") -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    sharded = launch == "fsdp"  # "plain": one unsharded process, the reference
+    layer = "BertLayer" if model_kind == "bert" else "Qwen2DecoderLayer"
+    fsdp = dict(fsdp=True, fsdp_config={"fsdp_version": 2, "state_dict_type": "FULL_STATE_DICT",
+                                        "transformer_layer_cls_to_wrap": [layer]})
+    args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=8 // world, max_steps=8,
+                             learning_rate=5e-3, save_strategy="steps", save_steps=4, report_to=[], use_cpu=True,
+                             ddp_backend="gloo", disable_tqdm=True, seed=11, logging_steps=2,
+                             **(fsdp if sharded else {}))
+    callback = RecordingCallback(BERT_CONFIG if model_kind == "bert" else QWEN2_CONFIG, out_dir)
+    callbacks = [callback]
+    if model_kind == "bert":
+        base, model = Trainer, tiny_bert_qa(seed=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        kwargs = dict(train_dataset=QADataset(64))
+    else:  # "qwen2": a causal LM student distilled (token-level KD) from an unsharded teacher
+        base, model = DistillationTrainer, tiny_qwen2(seed=4)
+        kwargs = dict(train_dataset=TokenDataset(), teacher_model=tiny_qwen2(seed=5),
+                      distillation_config={"hard_label_weight": 0.5})
+    trainer_class = type(f"FSDPOnCPU{base.__name__}", (FSDPOnCPU, base), {}) if sharded else base
+    trainer = trainer_class(model=model, args=args, callbacks=callbacks, **kwargs)
+    trainer.train(resume_from_checkpoint=resume or None)
+    trainer.save_model(os.path.join(out_dir, "final"))
+    logged = [entry["sparsity"] for entry in trainer.state.log_history if "sparsity" in entry]
+    seen = dict(callback.seen, logged_sparsity=logged, sparsity=callback.pruner.sparsity())
+    if args.process_index == 0:
+        with open(os.path.join(out_dir, "seen.json"), "w") as handle:
+            json.dump(seen, handle)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
