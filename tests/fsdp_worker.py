@@ -23,7 +23,7 @@ BERT_CONFIG = PruningConfig(target_sparsity=0.6, pattern="4x1", include=["attent
                             frequency=2, groups=[{"include": [r"intermediate\.dense", r"layer\.\d+\.output\.dense"],
                                                   "pattern": "2:4", "target_sparsity": 0.5, "scope": "local"}])
 QWEN2_CONFIG = PruningConfig(target_sparsity=0.5, pattern="head", include=["self_attn"], start_step=2, end_step=6,
-                             frequency=2, groups=[{"include": ["mlp"], "pattern": "channel", "criterion": "magnitude"}])
+                             frequency=2, groups=[{"include": ["mlp"], "pattern": "channel", "criterion": "wanda"}])
 
 
 def tiny_qwen2(seed: int) -> Qwen2ForCausalLM:

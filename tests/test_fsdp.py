@@ -86,7 +86,8 @@ def test_checkpoint_resumes_with_the_same_masks(bert_fsdp, tmp_path, nproc):
 
 def test_decoder_heads_channels_and_distillation_match_an_unsharded_run(tmp_path_factory):
     """Qwen2 (grouped-query attention, q/k/v biases): head units' partial column sums reduced across ranks,
-    channel units, bias masks, and DistillationTrainer's token KD from an unsharded teacher."""
+    channel units ranked by wanda (input norms summed over ranks), bias masks, and DistillationTrainer's token KD
+    from an unsharded teacher."""
     sharded = _run(tmp_path_factory, "qwen2_fsdp", 2, "qwen2")
     single = _run(tmp_path_factory, "qwen2_single", 1, "qwen2", "plain")
     _assert_same_masks(sharded, single)
