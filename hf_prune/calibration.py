@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .modules import is_transposed
+from .sharding import full_shape
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ class InputNorms:
         self.calibrating = False
         self._handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in modules.items()]
         for name, module in modules.items():
-            features = module.weight.shape[0] if is_transposed(module) else module.weight.shape[1]
+            shape = full_shape(module.weight)  # a ZeRO-3 partition's own shape may be an empty placeholder
+            features = shape[0] if is_transposed(module) else shape[1]
             self.sums[name] = torch.zeros(features, dtype=torch.float32, device=module.weight.device)
 
     def _hook(self, name: str):

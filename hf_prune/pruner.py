@@ -9,8 +9,8 @@ One optimizer step of a training loop::
     pruner.step(global_step)     # at pruning events: rank blocks, rebuild masks, apply them
 
 State is plain tensors keyed by module name (``state_dict``), so a checkpoint holds no modules or pickles. Under FSDP2
-masks and scores hold the rank's rows only (:mod:`hf_prune.sharding`); ``step``, ``sparsity`` and ``state_dict``
-are then collectives that every rank calls.
+and ZeRO-3 masks and scores hold the rank's rows only (:mod:`hf_prune.sharding`); ``step``, ``sparsity`` and
+``state_dict`` are then collectives that every rank calls.
 """
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ from .config import PruningConfig
 from .criteria import Criterion, get_criterion
 from .launch_modes import check_launch_mode
 from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates
-from .modules import oriented, prunable_modules, task_head_names
+from .modules import is_transposed, oriented, prunable_modules, task_head_names
 from .patterns import Pattern, get_pattern
 from .report import FROZEN, SparsityReport, sparsity_report
 from .schedules import PruningSchedule
-from .sharding import WeightShards, local_tensor
+from .sharding import WeightShards, full_shape, local_shape, local_tensor, local_values, mask_local_
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,12 @@ class PruningGroup:
         return self.pattern.reduce(element_scores, self.config.block_reduce)
 
 
+def _oriented_shape(module: nn.Module) -> Tuple[int, int]:
+    """``[out, in]`` shape of the whole weight (also when a ZeRO-3 partition leaves ``weight.shape`` empty)."""
+    shape = tuple(full_shape(module.weight))
+    return shape[::-1] if is_transposed(module) else shape
+
+
 def _schedule_steps(config: PruningConfig) -> Tuple[int, int, int]:
     """(start, end, frequency); a ``lock`` group has no schedule (no event ever fires for it)."""
     if get_pattern(config.pattern).locked:
@@ -129,16 +135,17 @@ class Pruner:
         for group in self.groups:
             for name in group.names:
                 module = self.modules[name]
-                weight = local_tensor(module.weight)
+                device = module.weight.device
                 if group.pattern.locked:
-                    self.masks[name] = weight.detach() != 0
+                    self.masks[name] = local_values(module.weight).detach() != 0
                     continue
-                self.masks[name] = torch.ones_like(weight, dtype=torch.bool)
+                self.masks[name] = torch.ones(local_shape(module.weight), dtype=torch.bool, device=device)
                 if group.criterion.needs_gradient:
-                    shape = group.score_shape(name, tuple(oriented(module, weight).shape))
-                    self.scores[name] = torch.zeros(shape, dtype=torch.float32, device=weight.device)
+                    shape = local_shape(module.weight)
+                    shape = group.score_shape(name, shape[::-1] if is_transposed(module) else shape)
+                    self.scores[name] = torch.zeros(shape, dtype=torch.float32, device=device)
                 if name in group.roles and group.roles[name][1] == "rows" and module.bias is not None:
-                    self.bias_masks[name] = torch.ones_like(local_tensor(module.bias), dtype=torch.bool)
+                    self.bias_masks[name] = torch.ones(local_shape(module.bias), dtype=torch.bool, device=device)
         self.last_event_step: Optional[int] = None
         self._lock_targets()
         needing_inputs = {name: self.modules[name] for group in self.groups if group.criterion.needs_activations
@@ -180,7 +187,7 @@ class Pruner:
                                  "pattern needs a schedule; the top-level pattern 'lock' gives none): set its steps")
             for name in selected:
                 if not pattern.structured and not pattern.locked:
-                    pattern.check_shape(name, tuple(oriented(linears[name], linears[name].weight).shape))
+                    pattern.check_shape(name, _oriented_shape(linears[name]))
                 claimed[name] = group_config.name
                 self.modules[name] = linears[name]
             if selected:
@@ -191,12 +198,19 @@ class Pruner:
         return groups
 
     def _check_shards(self, model: nn.Module) -> None:
-        """Sharded weights: no block may straddle two ranks' rows, and LoRA's masked updates need whole masks."""
-        if not self.shards.active:
+        """Sharded weights: no block may straddle two ranks' rows, LoRA's masked updates need whole masks, and
+        under ZeRO-3 no gradient reaches a callback."""
+        if not (self.shards.active or self.shards.zero3):
             return
         if lora_layers(model):
-            raise ValueError("LoRA adapters on an FSDP2-sharded model are not supported by hf_prune (the adapters' "
-                             "masked updates need whole masks): train the LoRA model under DDP")
+            raise ValueError("LoRA adapters on a sharded (FSDP2 / ZeRO-3) model are not supported by hf_prune (the "
+                             "adapters' masked updates need whole masks): train the LoRA model under DDP")
+        gradient_ranked = [group for group in self.groups if group.criterion.needs_gradient and not group.pattern.locked]
+        if self.shards.zero3 and gradient_ranked:
+            raise ValueError(f"criterion {gradient_ranked[0].config.criterion!r} (group "
+                             f"{gradient_ranked[0].config.name!r}) under DeepSpeed ZeRO-3: the Trainer's DeepSpeed "
+                             "step consumes and zeroes the gradient partitions before any callback can score them; "
+                             "use 'magnitude' or 'wanda' (or pattern 'lock'), or FSDP2 for gradient criteria")
         for group in self.groups:
             for name in group.names if not group.pattern.locked else ():
                 rows = group.rows_per_score(name)
@@ -318,10 +332,7 @@ class Pruner:
             return  # nothing pruned yet: all masks are ones
         for masks, attribute in ((self.masks, "weight"), (self.bias_masks, "bias")):
             for name, mask in masks.items():
-                tensor = local_tensor(getattr(self.modules[name], attribute))
-                if mask.device != tensor.device:
-                    mask = masks[name] = mask.to(tensor.device)
-                tensor.mul_(mask)
+                mask_local_(getattr(self.modules[name], attribute), mask)
 
     def step(self, global_step: int) -> bool:
         """Run the pruning events scheduled for ``global_step``; returns whether any group pruned."""
@@ -353,7 +364,7 @@ class Pruner:
                                  "the model has run no forward pass yet: call pruner.calibrate(batches) before a "
                                  "step-0 event (PruningTrainerCallback does it from the training data)")
             extra = self.input_norms.norms(name)
-        local = group.reduce(name, group.criterion.element_scores(oriented(module, local_tensor(module.weight)), extra))
+        local = group.reduce(name, group.criterion.element_scores(oriented(module, local_values(module.weight)), extra))
         return self._full("scores", name, local)
 
     def calibrate(self, batches, max_batches: int) -> int:
@@ -378,12 +389,13 @@ class Pruner:
         if group.pattern.structured:
             costs, per_unit = self._structured_costs(group, block_scores)
             max_units = {block.name: block.num_units - 1 for block in group.blocks}  # a layer keeps one unit
-            sizes = {block.name: sum(self.modules[n].weight.numel() for n in block.members) for block in group.blocks}
+            sizes = {block.name: sum(full_shape(self.modules[n].weight).numel() for n in block.members)
+                     for block in group.blocks}
         else:
             costs = {name: group.pattern.unit_costs(scores) for name, scores in block_scores.items()}
             per_unit = group.pattern.elements_per_unit
             max_units = {name: cost.numel() for name, cost in costs.items()}
-            sizes = {name: self.modules[name].weight.numel() for name in group.names}
+            sizes = {name: full_shape(self.modules[name].weight).numel() for name in group.names}
         orders = {entry: torch.sort(cost, stable=True).indices for entry, cost in costs.items()}
         if group.config.scope == "local":
             counts = {entry: min(max_units[entry], round(sparsity * sizes[entry] / per_unit)) for entry in costs}
@@ -396,7 +408,7 @@ class Pruner:
                 self._mask_block(group, blocks[entry], ~pruned)
             else:
                 module = self.modules[entry]
-                shape = tuple(oriented(module, module.weight).shape)
+                shape = _oriented_shape(module)
                 mask = group.pattern.build_mask(block_scores[entry], pruned, shape)
                 self.masks[entry] = self._local("masks", entry, oriented(module, mask).contiguous()).to(module.weight.device)
 
@@ -418,7 +430,7 @@ class Pruner:
         for role, members in (("rows", block.rows), ("columns", block.columns)):
             for name in members:
                 weight = self.modules[name].weight
-                mask = group.pattern.unit_mask(keep_units, role, block.size_of(name), tuple(weight.shape))
+                mask = group.pattern.unit_mask(keep_units, role, block.size_of(name), tuple(full_shape(weight)))
                 self.masks[name] = self._local("masks", name, mask).to(weight.device)
                 if name in self.bias_masks:
                     bias_mask = keep_units.repeat_interleave(block.size_of(name))
@@ -491,11 +503,11 @@ class Pruner:
     def _full_shape(self, key: str, name: str) -> Tuple[int, ...]:
         module = self.modules[name]
         if key == "masks":
-            return tuple(module.weight.shape)
+            return tuple(full_shape(module.weight))
         if key == "bias_masks":
-            return tuple(module.bias.shape)
+            return tuple(full_shape(module.bias))
         if key == "scores":
-            return tuple(self._group_of[name].score_shape(name, tuple(oriented(module, module.weight).shape)))
+            return tuple(self._group_of[name].score_shape(name, _oriented_shape(module)))
         return tuple(self.input_sums[name].shape)
 
     def state_dict(self) -> Dict[str, object]:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .modules import prunable_modules
-from .sharding import local_tensor, sum_over_shards
+from .sharding import full_shape, local_values, sum_over_shards
 
 __all__ = ["LayerSparsity", "SparsityReport", "sparsity_report", "DENSE", "FROZEN"]
 
@@ -76,12 +76,13 @@ def sparsity_report(model: nn.Module, patterns: Optional[Dict[str, str]] = None)
     rows = []
     modules = prunable_modules(model)
     weights = [module.weight for module in modules.values()]
-    all_zeros = sum_over_shards(weights, [int((local_tensor(weight) == 0).sum()) for weight in weights])
+    all_zeros = sum_over_shards(weights, [int((local_values(weight) == 0).sum()) for weight in weights])
     for (name, module), zeros in zip(modules.items(), all_zeros):
         weight = module.weight
         if patterns is None:
             pattern = "sparse" if zeros else DENSE
         else:
             pattern = patterns.get(name, DENSE)
-        rows.append(LayerSparsity(name, list(weight.shape), pattern, zeros, weight.numel()))
+        shape = full_shape(weight)
+        rows.append(LayerSparsity(name, list(shape), pattern, zeros, shape.numel()))
     return SparsityReport(rows)

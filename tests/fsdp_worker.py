@@ -1,5 +1,5 @@
-"""Run by tests/test_fsdp.py: a Trainer with the pruning callback on a model FSDP2 shards over 2 CPU processes
-(gloo), or the same run on one unsharded process with the same global batch (the reference).
+"""Run by tests/test_fsdp.py: a Trainer with the pruning callback on a model FSDP2 or DeepSpeed ZeRO-3 shards over
+2 CPU processes (gloo), or the same run on one unsharded process with the same global batch (the reference).
 
 Every pruning event writes the whole-model pruner state (``state_dict()``, gathered from the shards) from rank 0;
 the run writes what it saw of the sharding, the logged sparsity, and saves the final full model.
@@ -8,6 +8,7 @@ accelerate 1.15 turns FSDP on for GPU-type distributed states only, and silently
 subclass below sets the accelerate state to FSDP itself (a test-only workaround: on GPUs the Trainer's own
 ``fsdp``/``fsdp_config`` arguments do this).
 """
+import dataclasses
 import json
 import os
 import sys
@@ -17,13 +18,31 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArgumen
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_prune import DistillationTrainer, PruningConfig, PruningTrainerCallback  # noqa: E402
+from hf_prune.sharding import full_shape  # noqa: E402
 from tests.conftest import QADataset, tiny_bert_qa  # noqa: E402
 
 BERT_CONFIG = PruningConfig(target_sparsity=0.6, pattern="4x1", include=["attention"], start_step=2, end_step=6,
                             frequency=2, groups=[{"include": [r"intermediate\.dense", r"layer\.\d+\.output\.dense"],
                                                   "pattern": "2:4", "target_sparsity": 0.5, "scope": "local"}])
+#: ZeRO-3 (gradient-free criteria only: DeepSpeed's step consumes the gradients before a callback can score them)
+BERT_MAGNITUDE_CONFIG = dataclasses.replace(BERT_CONFIG, criterion="magnitude",
+                                            groups=[dict(BERT_CONFIG.groups[0], criterion="wanda")])
+ZERO3 = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+         "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
+         "gradient_clipping": "auto", "zero_allow_untested_optimizer": True}
 QWEN2_CONFIG = PruningConfig(target_sparsity=0.5, pattern="head", include=["self_attn"], start_step=2, end_step=6,
                              frequency=2, groups=[{"include": ["mlp"], "pattern": "channel", "criterion": "wanda"}])
+
+
+def zero3_arguments(launch: str) -> dict:
+    """``"zero3"``: DeepSpeed's defaults, which keep parameters this small whole on every rank ("persistent");
+    ``"zero3-split"``: every parameter partitioned (as a real model's large weights are)."""
+    if not launch.startswith("zero3"):
+        return {}
+    config = json.loads(json.dumps(ZERO3))
+    if launch == "zero3-split":
+        config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    return {"deepspeed": config}
 
 
 def tiny_qwen2(seed: int) -> Qwen2ForCausalLM:
@@ -70,8 +89,9 @@ class RecordingCallback(PruningTrainerCallback):
         super().on_train_begin(args, state, control, model=model, **kwargs)
         weight = self.pruner.modules[next(iter(self.pruner.modules))].weight
         self.seen = {"weight_type": type(weight).__name__, "sharded": self.pruner.shards.active,
+                     "zero3": self.pruner.shards.zero3,
                      "local_mask_rows": [int(mask.shape[0]) for mask in self.pruner.masks.values()],
-                     "full_rows": [int(module.weight.shape[0]) for module in self.pruner.modules.values()]}
+                     "full_rows": [int(full_shape(module.weight)[0]) for module in self.pruner.modules.values()]}
 
     def on_step_end(self, args, state, control, **kwargs):
         super().on_step_end(args, state, control, **kwargs)
@@ -84,17 +104,18 @@ class RecordingCallback(PruningTrainerCallback):
 
 def main(out_dir: str, model_kind: str, launch: str, resume: str = "") -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    sharded = launch == "fsdp"  # "plain": one unsharded process, the reference
+    sharded = launch == "fsdp"  # "zero3": DeepSpeed; "plain": one unsharded process, the reference
     layer = "BertLayer" if model_kind == "bert" else "Qwen2DecoderLayer"
     fsdp = dict(fsdp=True, fsdp_config={"fsdp_version": 2, "state_dict_type": "FULL_STATE_DICT",
                                         "transformer_layer_cls_to_wrap": [layer]})
     args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=8 // world, max_steps=8,
                              learning_rate=5e-3, save_strategy="steps", save_steps=4, report_to=[], use_cpu=True,
                              ddp_backend="gloo", disable_tqdm=True, seed=11, logging_steps=2,
-                             **(fsdp if sharded else {}))
-    callback = RecordingCallback(BERT_CONFIG if model_kind == "bert" else QWEN2_CONFIG, out_dir)
+                             **(fsdp if sharded else {}), **zero3_arguments(launch))
+    configs = {"bert": BERT_CONFIG, "bert-magnitude": BERT_MAGNITUDE_CONFIG, "qwen2": QWEN2_CONFIG}
+    callback = RecordingCallback(configs[model_kind], out_dir)
     callbacks = [callback]
-    if model_kind == "bert":
+    if model_kind.startswith("bert"):
         base, model = Trainer, tiny_bert_qa(seed=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         kwargs = dict(train_dataset=QADataset(64))
     else:  # "qwen2": a causal LM student distilled (token-level KD) from an unsharded teacher

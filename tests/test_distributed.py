@@ -23,7 +23,7 @@ def _free_port() -> int:
 def _launch(nproc: int, *worker_args: str, worker: str = WORKER) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
                f"--master_port={_free_port()}", worker, *worker_args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, DS_ACCELERATOR="cpu")  # DeepSpeed (when used): CPU
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, "stderr:\n" + result.stderr[-3000:] + "\nstdout:\n" + result.stdout[-3000:]
 

@@ -98,7 +98,7 @@ def test_decoder_heads_channels_and_distillation_match_an_unsharded_run(tmp_path
 def test_a_block_across_a_shard_boundary_is_refused():
     shards = WeightShards({})
     shards.shards["layer.0.attention.self.query"] = RowShard(None, 0, (0, 6), (6, 6), 12)
-    with pytest.raises(ValueError, match=r"query: FSDP2 splits its 12 rows into shards of \[6, 6\] rows, and a "
+    with pytest.raises(ValueError, match=r"query: sharding splits its 12 rows into shards of \[6, 6\] rows, and a "
                                          r"unit of pattern '4x1' spans 4 rows"):
         shards.check_rows("layer.0.attention.self.query", 4, "a unit of pattern '4x1'")
     shards.check_rows("layer.0.attention.self.query", 2, "a unit of pattern '2x1'")  # 6 = 3 blocks of 2 rows
@@ -106,6 +106,45 @@ def test_a_block_across_a_shard_boundary_is_refused():
 
 @pytest.mark.parametrize("strategy", ["every_save", "checkpoint", "all_checkpoints"])
 def test_pushing_checkpoints_under_fsdp2_is_refused(strategy):
-    with pytest.raises(ValueError, match=f"hub_strategy={strategy!r} under FSDP2.*use hub_strategy='end'"):
+    with pytest.raises(ValueError, match=f"hub_strategy={strategy!r} under FSDP2 or ZeRO-3.*use hub_strategy='end'"):
         check_sharded_trainer_args(SimpleNamespace(push_to_hub=True, hub_strategy=strategy))
     check_sharded_trainer_args(SimpleNamespace(push_to_hub=True, hub_strategy="end"))
+
+
+# ---- DeepSpeed ZeRO-3 (optional extra: pip install -e ".[deepspeed]"), on CPU through DS_ACCELERATOR=cpu ----------
+def _require_deepspeed():
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (optional extra: pip install -e '.[deepspeed]')")
+
+
+@pytest.fixture(scope="module")
+def magnitude_single(tmp_path_factory):
+    return _run(tmp_path_factory, "magnitude_single", 1, "bert-magnitude", "plain")
+
+
+@pytest.mark.parametrize("launch", ["zero3", "zero3-split"])
+def test_zero3_masks_equal_an_unsharded_run_and_the_saved_model_holds_them(magnitude_single, tmp_path, launch):
+    """``zero3``: DeepSpeed's defaults keep these small weights whole on every rank (persistent), so the whole copy,
+    the partition and the fp32 master are masked; ``zero3-split``: every weight partitioned into rows."""
+    _require_deepspeed()
+    _run(tmp_path, None, 2, "bert-magnitude", launch)
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["zero3"] and seen["sharded"] == (launch == "zero3-split")
+    _assert_same_masks(tmp_path, magnitude_single)
+    masks = torch.load(tmp_path / "step6.pt")["masks"]
+    saved = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert sum(int((saved[f"{name}.weight"] == 0).sum()) for name in masks) == sum(int((~keep).sum()) for keep in
+                                                                                 masks.values())
+    for name, keep in masks.items():
+        assert torch.all(saved[f"{name}.weight"][~keep] == 0), name
+    if launch == "zero3-split":  # and its checkpoint resumes on 2 processes with the same masks
+        resumed = tmp_path / "resumed"
+        shutil.copytree(tmp_path / "checkpoint-4", resumed / "checkpoint-4")
+        _run(resumed, None, 2, "bert-magnitude", launch, str(resumed / "checkpoint-4"))
+        _assert_same_masks(resumed, magnitude_single, steps=(6,))
+
+
+def test_zero3_refuses_gradient_criteria(tmp_path):
+    _require_deepspeed()
+    with pytest.raises(AssertionError, match="criterion 'snip_momentum' .* under DeepSpeed ZeRO-3: the Trainer's "
+                                             "DeepSpeed step consumes and zeroes the gradient partitions"):
+        _run(tmp_path, None, 2, "bert", "zero3")
