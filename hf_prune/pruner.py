@@ -15,10 +15,8 @@ and ZeRO-3 masks and scores hold the rank's rows only (:mod:`hf_prune.sharding`)
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -34,6 +32,7 @@ from .launch_modes import check_launch_mode
 from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates
 from .modules import is_transposed, oriented, prunable_modules, task_head_names
 from .patterns import Pattern, get_pattern
+from .pruner_state import PRUNER_STATE_NAME, STATE_KEYS, read_config, read_state, write_state
 from .report import FROZEN, SparsityReport, sparsity_report
 from .schedules import PruningSchedule
 from .sharding import WeightShards, full_shape, local_shape, local_tensor, local_values, mask_local_
@@ -42,9 +41,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Pruner", "PRUNER_STATE_NAME"]
 
-PRUNER_STATE_NAME = "pruner_state.safetensors"
-#: prefix of a tensor in the saved state -> the Pruner attribute it restores
-_STATE_KEYS = {"mask": "masks", "bias_mask": "bias_masks", "score": "scores", "input_sq": "input_sums"}
 
 
 @dataclass
@@ -513,14 +509,14 @@ class Pruner:
     def state_dict(self) -> Dict[str, object]:
         """Masks and scores of the whole model; under FSDP2 gathered from every rank (all ranks must call it)."""
         state: Dict[str, object] = {key: {name: self._full(key, name, tensor).clone() for name, tensor in
-                                          getattr(self, key).items()} for key in _STATE_KEYS.values()}
+                                          getattr(self, key).items()} for key in STATE_KEYS.values()}
         state.update(last_event_step=self.last_event_step, config=self.config.to_dict())
         return state
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         """Restore masks and scores saved by ``state_dict`` (by a run of any world size); the set of modules and
         shapes must match."""
-        for key in _STATE_KEYS.values():
+        for key in STATE_KEYS.values():
             current, saved = getattr(self, key), state.get(key, {})
             if set(saved) != set(current):
                 missing, unexpected = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
@@ -536,43 +532,13 @@ class Pruner:
     def save_state(self, directory: str, write: bool = True) -> Optional[str]:
         """Write masks and scores as safetensors (no pickle) into ``directory``. Sharded: every rank calls it (the
         state is gathered), the saving rank with ``write=True``, the others with ``write=False``."""
-        from safetensors.torch import save_file
-
         state = self.state_dict()
-        if not write:
-            return None
-        tensors = {f"{prefix}.{name}": tensor.contiguous().cpu()
-                   for prefix, key in _STATE_KEYS.items() for name, tensor in state[key].items()}
-        metadata = {"last_event_step": json.dumps(state["last_event_step"]), "config": json.dumps(state["config"])}
-        path = os.path.join(directory, PRUNER_STATE_NAME)
-        save_file(tensors, path, metadata=metadata)
-        return path
+        return write_state(state, directory) if write else None
 
     @staticmethod
     def saved_config(directory: str) -> Optional[PruningConfig]:
         """The resolved config stored with the pruner state in ``directory`` (None when there is none)."""
-        from safetensors import safe_open
-
-        path = os.path.join(directory, PRUNER_STATE_NAME)
-        if not os.path.isfile(path):
-            return None
-        with safe_open(path, framework="pt") as handle:
-            config = (handle.metadata() or {}).get("config")
-        return PruningConfig.from_dict(json.loads(config), source=path) if config else None
+        return read_config(directory)
 
     def load_state(self, directory: str) -> None:
-        from safetensors import safe_open
-
-        path = os.path.join(directory, PRUNER_STATE_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(f"no pruner state {PRUNER_STATE_NAME} in {directory!r}")
-        state: Dict[str, object] = {key: {} for key in _STATE_KEYS.values()}
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            for tensor_name in handle.keys():
-                prefix, name = tensor_name.split(".", 1)
-                if prefix not in _STATE_KEYS:
-                    raise ValueError(f"{path}: unexpected tensor {tensor_name!r} (known prefixes: {sorted(_STATE_KEYS)})")
-                state[_STATE_KEYS[prefix]][name] = handle.get_tensor(tensor_name)
-        state["last_event_step"] = json.loads(metadata.get("last_event_step", "null"))
-        self.load_state_dict(state)
+        self.load_state_dict(read_state(directory))
