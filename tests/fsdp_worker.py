@@ -112,7 +112,8 @@ def main(out_dir: str, model_kind: str, launch: str, resume: str = "") -> None:
                              learning_rate=5e-3, save_strategy="steps", save_steps=4, report_to=[], use_cpu=True,
                              ddp_backend="gloo", disable_tqdm=True, seed=11, logging_steps=2,
                              **(fsdp if sharded else {}), **zero3_arguments(launch))
-    configs = {"bert": BERT_CONFIG, "bert-magnitude": BERT_MAGNITUDE_CONFIG, "qwen2": QWEN2_CONFIG}
+    configs = {"bert": BERT_CONFIG, "bert-magnitude": BERT_MAGNITUDE_CONFIG, "qwen2": QWEN2_CONFIG,
+               "qwen2-magnitude": dataclasses.replace(QWEN2_CONFIG, criterion="magnitude")}
     callback = RecordingCallback(configs[model_kind], out_dir)
     callbacks = [callback]
     if model_kind.startswith("bert"):

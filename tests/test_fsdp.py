@@ -143,6 +143,16 @@ def test_zero3_masks_equal_an_unsharded_run_and_the_saved_model_holds_them(magni
         _assert_same_masks(resumed, magnitude_single, steps=(6,))
 
 
+def test_zero3_decoder_heads_channels_and_distillation_match_an_unsharded_run(tmp_path_factory):
+    """Qwen2 under ZeRO-3 partitions: heads by magnitude (column partial sums reduced), channels by wanda, q/k/v
+    bias masks, DistillationTrainer's token KD from an unsharded teacher."""
+    _require_deepspeed()
+    sharded = _run(tmp_path_factory, "qwen2_zero3", 2, "qwen2-magnitude", "zero3-split")
+    single = _run(tmp_path_factory, "qwen2_magnitude_single", 1, "qwen2-magnitude", "plain")
+    assert json.loads((sharded / "seen.json").read_text())["sharded"]
+    _assert_same_masks(sharded, single)
+
+
 def test_zero3_refuses_gradient_criteria(tmp_path):
     _require_deepspeed()
     with pytest.raises(AssertionError, match="criterion 'snip_momentum' .* under DeepSpeed ZeRO-3: the Trainer's "
