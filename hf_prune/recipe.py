@@ -9,6 +9,7 @@ line only. Every value is converted with the flag's own type, so a wrong type is
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any, Dict, Iterable, List
 
@@ -60,6 +61,8 @@ def _checked(path: str, key: str, value: Any, action: argparse.Action) -> Any:
         reason = COMMAND_LINE_ONLY.get(key, "it concerns the Hub account")
         raise ValueError(f"{path}: a recipe may not set {key!r} ({reason}); give it on the command line")
     many = action.nargs in ("+", "*")
+    if isinstance(value, dict) and not many and action.type in (str, None):
+        value = json.dumps(value)  # a flag that takes a JSON object (lr_scheduler_kwargs, ...): written as a mapping
     values: List[Any] = list(value) if many and isinstance(value, (list, tuple)) else [value]
     if not many and isinstance(value, (list, tuple, dict)):
         raise ValueError(f"{path}: argument {key!r} takes one value, got {value!r}")

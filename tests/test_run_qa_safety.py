@@ -56,6 +56,16 @@ def test_recipe_may_set_hyper_parameters_and_local_reporting(files, tmp_path):
     assert parsed.training.weight_decay == 1e-4 and parsed.training.max_steps == 3 and not parsed.pruning.do_prune
 
 
+def test_recipe_gives_a_json_flag_as_a_mapping(files, tmp_path):
+    """The recovery setting of the all-MiniLM-L6-v2 recipes: the learning rate held until the last pruning event."""
+    recipe = tmp_path / "wsd.yaml"
+    recipe.write_text("arguments:\n  lr_scheduler_type: warmup_stable_decay\n"
+                      "  lr_scheduler_kwargs: {num_decay_steps: 157, decay_type: linear}\n")
+    parsed = run_qa_prune.parse_arguments(_argv(files, tmp_path / "out", "--recipe", str(recipe)))
+    assert str(parsed.training.lr_scheduler_type.value) == "warmup_stable_decay"
+    assert parsed.training.lr_scheduler_kwargs == {"num_decay_steps": 157, "decay_type": "linear"}
+
+
 # 2 -------------------------------------------------------------------------------------------------------------
 def test_slim_index_naming_files_outside_its_folder_is_refused(tmp_path):
     from hf_prune.slimming import _load_safetensors
