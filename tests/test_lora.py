@@ -64,3 +64,27 @@ def test_lock_keeps_a_sparse_base_through_lora_and_merge(tmp_path):
 def test_gradient_criteria_are_refused_on_frozen_lora_bases():
     with pytest.raises(ValueError, match="LoRA's frozen base weights .* use criterion 'wanda' or 'magnitude'"):
         Pruner(_lora(_tiny_llama()), PruningConfig(target_sparsity=0.5, start_step=1, end_step=4))
+
+
+def test_a_lora_student_distils_from_its_dense_teacher_and_merges_with_the_zeros(tmp_path):
+    """Recovery of a sparse model with LoRA adapters and token KD (the decoder recipe): DistillationTrainer takes the
+    PEFT student as the causal LM it wraps; the adapters train, the locked zeros survive the merge."""
+    from hf_prune import DistillationConfig, DistillationTrainer
+
+    teacher = _tiny_llama()
+    base = _tiny_llama()
+    Pruner(base, PruningConfig(target_sparsity=0.5, pattern="2:4", criterion="magnitude", start_step=0,
+                               end_step=0)).step(0)
+    model = _lora(base)
+    trainer = DistillationTrainer(model=model, teacher_model=teacher, train_dataset=_CausalLMData(),
+                                  distillation_config=DistillationConfig(hard_label_weight=1.0),
+                                  args=_args(tmp_path, max_steps=4, learning_rate=5e-2, logging_steps=2),
+                                  callbacks=[PruningTrainerCallback(PruningConfig(pattern="lock"))])
+    trainer.train()
+    assert all(entry["loss_kd"] > 0 for entry in trainer.state.log_history if "loss_kd" in entry)
+    assert any(bool(p.abs().sum() > 0) for n, p in model.named_parameters() if "lora_B" in n)
+    merged = model.merge_and_unload()
+    for name in TARGETS:
+        for module_name, module in merged.named_modules():
+            if module_name.endswith(name):
+                assert _zeros_2_4(module.weight), module_name

