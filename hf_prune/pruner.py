@@ -122,7 +122,7 @@ class Pruner:
         check_launch_mode(model, prunable_modules(model))
         self.groups: List[PruningGroup] = self._build_groups(model, config)
         self._group_of = {name: group for group in self.groups for name in group.names}
-        #: FSDP2 row shards: masks, bias masks and scores below then hold this rank's rows only
+        #: FSDP2 / ZeRO-3 row shards: masks, bias masks and scores of those weights hold this rank's rows only
         self.shards = WeightShards(self.modules)
         self._check_shards(model)
         self.masks: Dict[str, torch.Tensor] = {}
@@ -454,9 +454,15 @@ class Pruner:
 
     # ---- reporting ----------------------------------------------------------------------------------
     def _pruned_and_total(self, names: List[str]) -> Tuple[int, int]:
-        """Masked weights and all weights of the layers ``names``, summed over every rank's shard."""
-        pruned = sum(int((~self.masks[name]).sum()) for name in names)
-        return self.shards.total((pruned, sum(self.masks[name].numel() for name in names)))
+        """Masked weights and all weights of the layers ``names``: the row-sharded layers' counts summed over every
+        rank (a collective), the others' (whole on every rank: DDP, ZeRO-3's persistent weights) counted once."""
+        def counts(subset):
+            return (sum(int((~self.masks[name]).sum()) for name in subset),
+                    sum(self.masks[name].numel() for name in subset))
+
+        split_pruned, split_total = self.shards.total(counts([n for n in names if n in self.shards.shards]))
+        whole_pruned, whole_total = counts([n for n in names if n not in self.shards.shards])
+        return split_pruned + whole_pruned, split_total + whole_total
 
     def sparsity(self) -> float:
         """Masked fraction over all pruned weights."""

@@ -35,13 +35,13 @@ QWEN2_CONFIG = PruningConfig(target_sparsity=0.5, pattern="head", include=["self
 
 
 def zero3_arguments(launch: str) -> dict:
-    """``"zero3"``: DeepSpeed's defaults, which keep parameters this small whole on every rank ("persistent");
+    """``"zero3"``: a persistence threshold between the tiny BERT's 32x32 attention weights (kept whole on every rank,
+    "persistent", as DeepSpeed keeps a real model's small weights) and its 32x64 FFN weights (partitioned);
     ``"zero3-split"``: every parameter partitioned (as a real model's large weights are)."""
     if not launch.startswith("zero3"):
         return {}
     config = json.loads(json.dumps(ZERO3))
-    if launch == "zero3-split":
-        config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0 if launch == "zero3-split" else 1500
     return {"deepspeed": config}
 
 
@@ -135,6 +135,11 @@ def main(out_dir: str, model_kind: str, launch: str, resume: str = "") -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    # DeepSpeed leaves a native thread behind that aborts the interpreter's teardown now and then ("terminate called
+    # without an active exception", after all files are written): leave without it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -123,13 +123,17 @@ def magnitude_single(tmp_path_factory):
 
 @pytest.mark.parametrize("launch", ["zero3", "zero3-split"])
 def test_zero3_masks_equal_an_unsharded_run_and_the_saved_model_holds_them(magnitude_single, tmp_path, launch):
-    """``zero3``: DeepSpeed's defaults keep these small weights whole on every rank (persistent), so the whole copy,
-    the partition and the fp32 master are masked; ``zero3-split``: every weight partitioned into rows."""
+    """``zero3``: the attention weights persistent (whole on every rank: the whole copy, the partition and the fp32
+    master are masked) and the FFN weights partitioned; ``zero3-split``: every weight partitioned into rows."""
     _require_deepspeed()
     _run(tmp_path, None, 2, "bert-magnitude", launch)
     seen = json.loads((tmp_path / "seen.json").read_text())
-    assert seen["zero3"] and seen["sharded"] == (launch == "zero3-split")
+    assert seen["zero3"] and seen["sharded"]
+    whole = [local == full for local, full in zip(seen["local_mask_rows"], seen["full_rows"])]
+    assert any(whole) == (launch == "zero3") and not all(whole)
     _assert_same_masks(tmp_path, magnitude_single)
+    single = json.loads((magnitude_single / "seen.json").read_text())
+    assert seen["logged_sparsity"] == single["logged_sparsity"]  # whole and split layers each counted once
     masks = torch.load(tmp_path / "step6.pt")["masks"]
     saved = load_file(str(tmp_path / "final" / "model.safetensors"))
     assert sum(int((saved[f"{name}.weight"] == 0).sum()) for name in masks) == sum(int((~keep).sum()) for keep in
