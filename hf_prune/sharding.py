@@ -24,6 +24,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .modules import is_transposed
+
 __all__ = ["RowShard", "WeightShards", "is_dtensor", "is_zero3", "full_shape", "local_tensor", "local_shape",
            "local_values", "mask_local_", "sum_over_shards"]
 
@@ -203,8 +205,6 @@ class WeightShards:
             self.zero3 = self.zero3 or is_zero3(module.weight)
             if not _split(module.weight):
                 continue
-            from .modules import is_transposed
-
             if is_transposed(module):
                 raise ValueError(f"{name} is a Conv1D (weight stored [in, out]) sharded across processes: hf_prune "
                                  "prunes sharded nn.Linear weights only; train this model under DDP")
