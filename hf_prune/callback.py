@@ -37,8 +37,9 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
     ``trainer.train(resume_from_checkpoint=...)`` restores them. With ``load_best_model_at_end`` the masks of
     the best checkpoint come back with its weights.
 
-    Under FSDP2 (sharded weights) each rank keeps its rows of the masks and scores; the checkpoint's pruner state is
-    gathered by every rank in ``on_save`` and written by the saving rank, in the format of an unsharded run.
+    Under FSDP2 and ZeRO-3 (sharded weights) each rank keeps its rows of the masks and scores; the checkpoint's
+    pruner state is gathered by every rank in ``on_save`` and written by the saving rank, in the format of an
+    unsharded run.
     """
 
     def __init__(self, config: Union[PruningConfig, dict, str], resume_from: Optional[str] = None,
@@ -69,7 +70,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
                             group.pattern.name, group.config.target_sparsity, len(group.names),
                             group.schedule.event_steps())
         self._check_schedule_fits(state.max_steps)
-        if self.pruner.shards.active:
+        if self.pruner.shards.collective:
             check_sharded_trainer_args(args)
         self._tag_model(model)
         if checkpoint is not None:
@@ -158,7 +159,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         saving rank alone, at the first call; a sharded one only where ``every_rank`` calls (all ranks gather it)."""
         if self.pruner is None or self._args is None:
             return
-        sharded = self.pruner.shards.active
+        sharded = self.pruner.shards.collective
         if (sharded and not every_rank) or (not sharded and not self._args.should_save):
             return
         step = self._trainer_state.global_step

@@ -196,7 +196,7 @@ class Pruner:
     def _check_shards(self, model: nn.Module) -> None:
         """Sharded weights: no block may straddle two ranks' rows, LoRA's masked updates need whole masks, and
         under ZeRO-3 no gradient reaches a callback."""
-        if not (self.shards.active or self.shards.zero3):
+        if not self.shards.collective:
             return
         if lora_layers(model):
             raise ValueError("LoRA adapters on a sharded (FSDP2 / ZeRO-3) model are not supported by hf_prune (the "

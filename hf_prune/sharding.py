@@ -213,7 +213,13 @@ class WeightShards:
 
     @property
     def active(self) -> bool:
+        """Some pruned weight is split by rows across ranks."""
         return bool(self.shards)
+
+    @property
+    def collective(self) -> bool:
+        """State, sparsity and reports need every rank (a split weight, or any ZeRO-3 parameter, even a whole one)."""
+        return self.active or self.zero3
 
     def check_rows(self, name: str, block_rows: int, what: str) -> None:
         """Refuse a shard boundary inside a block of ``block_rows`` rows: its score would be split across ranks."""
