@@ -38,6 +38,6 @@ def check_sharded_trainer_args(args) -> None:
     """Trainer settings that cannot work with sharded (FSDP2, ZeRO-3) masks: refused by name before the first step."""
     strategy = str(getattr(getattr(args, "hub_strategy", None), "value", getattr(args, "hub_strategy", "")))
     if getattr(args, "push_to_hub", False) and strategy in _EARLY_PUSH_STRATEGIES:
-        raise ValueError(f"push_to_hub with hub_strategy={strategy!r} under FSDP2 or ZeRO-3: the Trainer pushes each checkpoint "
-                         "before every rank has gathered its pruner state into it; use hub_strategy='end' (the final "
-                         "model, its masks' report and card are pushed once training ends)")
+        raise ValueError(f"push_to_hub with hub_strategy={strategy!r} under FSDP2 or ZeRO-3: the Trainer pushes each "
+                         "checkpoint before every rank has gathered its pruner state into it; use hub_strategy='end' "
+                         "(the final model, its masks' report and card are pushed once training ends)")

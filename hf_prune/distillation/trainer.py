@@ -17,7 +17,7 @@ from .layerwise import HiddenStateProjections, attention_loss, hidden_state_loss
 from .losses import feature_mse, kd_loss
 from .saved_form import saved_form
 from .simkd import SimKDHead, find_task_head, install_simkd_head
-from ..sharding import is_dtensor
+from ..sharding import is_dtensor, is_zero3
 from .teacher import check_teacher, check_tokenizers, forward_parameters, is_language_model, split_inputs
 from .token_kd import token_kd_loss
 
@@ -91,18 +91,18 @@ class DistillationTrainer(Trainer):
             self.model_accepts_loss_kwargs = False
 
     def _check_sharded_student(self, model: nn.Module) -> None:
-        """Under FSDP2 (the student sharded at ``train()``, so checked at the first training batch, before any
-        optimizer step) the frozen teacher stays whole on every rank and logit/token KD works; the training-only
-        modules that live in the student (SimKD head, hidden-state projections) are used outside its forward,
-        where FSDP2 holds them as shards, so they are refused."""
+        """Under FSDP2 or ZeRO-3 (the student sharded at ``train()``, so checked at the first training batch,
+        before any optimizer step) the frozen teacher stays whole on every rank and logit/token KD works; the
+        training-only modules that live in the student (SimKD head, hidden-state projections) are used outside its
+        forward, where they are held as shards, so they are refused."""
         self._sharding_checked = True
         extras = [name for name, used in (("method 'reused_classifier' (SimKD)", self.simkd_head is not None),
                                           ("hidden-state projections (a narrower student)",
                                            self.projections is not None)) if used]
-        if extras and any(is_dtensor(parameter) for parameter in model.parameters()):
-            raise ValueError(f"DistillationTrainer with {' and '.join(extras)} on an FSDP2-sharded student is not "
-                             "supported; use method 'logits' (hidden-state distillation between equally wide models "
-                             "needs no projection), or train under DDP")
+        if extras and any(is_dtensor(parameter) or is_zero3(parameter) for parameter in model.parameters()):
+            raise ValueError(f"DistillationTrainer with {' and '.join(extras)} on a sharded (FSDP2 / ZeRO-3) student "
+                             "is not supported; use method 'logits' (hidden-state distillation between equally wide "
+                             "models needs no projection), or train under DDP")
 
     def _capture_teacher_features(self, module, inputs, output) -> None:
         self._teacher_features = inputs[0]
