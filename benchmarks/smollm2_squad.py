@@ -158,6 +158,18 @@ def sparsity_of(model) -> dict:
 
 
 # ---- runs ------------------------------------------------------------------------------------------------------
+def calibration_batches(train, tokenizer):
+    """Batches of the training prompts+answers, right-padded, for Wanda's activation statistics."""
+    from torch.utils.data import DataLoader
+
+    def collate(rows):
+        ids = [torch.tensor(row["input_ids"]) for row in rows]
+        return {"input_ids": torch.nn.utils.rnn.pad_sequence(ids, batch_first=True,
+                                                             padding_value=tokenizer.eos_token_id)}
+
+    return DataLoader(train, batch_size=BATCH, collate_fn=collate)
+
+
 def one_shot(model, config: PruningConfig, batches) -> Pruner:
     pruner = Pruner(model, config)
     pruner.calibrate(batches, config.calibration_batches)
@@ -213,19 +225,12 @@ def main() -> None:
         model.save_pretrained(dense_dir)
         tokenizer.save_pretrained(dense_dir)
     elif name.endswith("oneshot"):
-        from torch.utils.data import DataLoader
-
-        collate = lambda rows: {"input_ids": torch.nn.utils.rnn.pad_sequence(  # noqa: E731
-            [torch.tensor(r["input_ids"]) for r in rows], batch_first=True, padding_value=tokenizer.eos_token_id)}
-        one_shot(model, config, DataLoader(train, batch_size=BATCH, collate_fn=collate))
+        one_shot(model, config, calibration_batches(train, tokenizer))
         metrics = {}
     elif name == "lora-2-4":
         from peft import LoraConfig, get_peft_model
-        from torch.utils.data import DataLoader
 
-        collate = lambda rows: {"input_ids": torch.nn.utils.rnn.pad_sequence(  # noqa: E731
-            [torch.tensor(r["input_ids"]) for r in rows], batch_first=True, padding_value=tokenizer.eos_token_id)}
-        one_shot(model, RUNS["wanda-2-4-oneshot"], DataLoader(train, batch_size=BATCH, collate_fn=collate))
+        one_shot(model, RUNS["wanda-2-4-oneshot"], calibration_batches(train, tokenizer))
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=[
             "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
         trainer, metrics = sft(out, model, tokenizer, train, options.steps, teacher,

@@ -171,7 +171,9 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
 
     def _write_artifacts(self, folder: str, model) -> None:
         """``pruning_config.json`` and the sparsity report of the model as it is saved (a SimKD head folded),
-        written by the saving rank; the report is measured on every rank (under FSDP2 it sums their shards)."""
+        written by the saving rank; sharded, the report is measured on every rank (it sums their shards)."""
+        if not (self._args is None or self._args.should_save or self.pruner.shards.collective):
+            return  # a replicated (DDP) rank that does not save: nothing to measure for
         with saved_form(model):
             report = self.pruner.sparsity_report()
         if self._args is None or self._args.should_save:

@@ -45,6 +45,20 @@ class QADataset(torch.utils.data.Dataset):
         return self.items[index]
 
 
+class CausalLMDataset(torch.utils.data.Dataset):
+    """Random token sequences (vocabulary 64) that are their own labels: enough for a causal LM to train on."""
+
+    def __init__(self, size: int = 32, length: int = 16) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, 64, (size, length), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        return {"input_ids": self.ids[index], "labels": self.ids[index]}
+
+
 class ToyMLP(nn.Module):
     def __init__(self, sizes=(16, 32, 16, 4), seed: int = 0) -> None:
         super().__init__()

@@ -19,7 +19,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArgumen
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_prune import DistillationTrainer, PruningConfig, PruningTrainerCallback  # noqa: E402
 from hf_prune.sharding import full_shape  # noqa: E402
-from tests.conftest import QADataset, tiny_bert_qa  # noqa: E402
+from tests.conftest import CausalLMDataset, QADataset, tiny_bert_qa  # noqa: E402
 
 BERT_CONFIG = PruningConfig(target_sparsity=0.6, pattern="4x1", include=["attention"], start_step=2, end_step=6,
                             frequency=2, groups=[{"include": [r"intermediate\.dense", r"layer\.\d+\.output\.dense"],
@@ -51,18 +51,6 @@ def tiny_qwen2(seed: int) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                                         max_position_embeddings=32))
-
-
-class TokenDataset(torch.utils.data.Dataset):
-    def __init__(self, size: int = 64, seq_len: int = 16) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(0, 64, (size, seq_len), generator=generator)
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, index):
-        return {"input_ids": self.ids[index], "labels": self.ids[index]}
 
 
 class FSDPOnCPU:
@@ -121,7 +109,7 @@ def main(out_dir: str, model_kind: str, launch: str, resume: str = "") -> None:
         kwargs = dict(train_dataset=QADataset(64))
     else:  # "qwen2": a causal LM student distilled (token-level KD) from an unsharded teacher
         base, model = DistillationTrainer, tiny_qwen2(seed=4)
-        kwargs = dict(train_dataset=TokenDataset(), teacher_model=tiny_qwen2(seed=5),
+        kwargs = dict(train_dataset=CausalLMDataset(64), teacher_model=tiny_qwen2(seed=5),
                       distillation_config={"hard_label_weight": 0.5})
     trainer_class = type(f"FSDPOnCPU{base.__name__}", (FSDPOnCPU, base), {}) if sharded else base
     trainer = trainer_class(model=model, args=args, callbacks=callbacks, **kwargs)

@@ -7,7 +7,8 @@ from transformers import Trainer
 
 from hf_prune import Pruner, PruningConfig, PruningTrainerCallback, sparsity_report
 from tests.test_callback import _args
-from tests.test_wanda import _CausalLMData, _tiny_llama
+from tests.conftest import CausalLMDataset
+from tests.test_wanda import _tiny_llama
 
 peft = pytest.importorskip("peft", reason="peft is an optional extra (pip install peft)")
 
@@ -26,7 +27,7 @@ def test_wanda_2_4_with_lora_merges_into_exactly_2_4(tmp_path):
     model = _lora(_tiny_llama())
     callback = PruningTrainerCallback(PruningConfig(target_sparsity=0.5, pattern="2:4", criterion="wanda",
                                                     schedule="oneshot", start_step=0, calibration_batches=2))
-    Trainer(model=model, args=_args(tmp_path, max_steps=6, learning_rate=5e-2), train_dataset=_CausalLMData(),
+    Trainer(model=model, args=_args(tmp_path, max_steps=6, learning_rate=5e-2), train_dataset=CausalLMDataset(),
             callbacks=[callback]).train()
     names = list(callback.pruner.masks)
     assert names and all(name.endswith(".base_layer") for name in names) and len(names) == 2 * len(TARGETS)
@@ -54,7 +55,7 @@ def test_lock_keeps_a_sparse_base_through_lora_and_merge(tmp_path):
                                end_step=0)).step(0)
     zeros = {n: (m.weight == 0).clone() for n, m in base.named_modules() if any(n.endswith(t) for t in TARGETS)}
     model = _lora(base)
-    Trainer(model=model, args=_args(tmp_path, max_steps=4, learning_rate=5e-2), train_dataset=_CausalLMData(),
+    Trainer(model=model, args=_args(tmp_path, max_steps=4, learning_rate=5e-2), train_dataset=CausalLMDataset(),
             callbacks=[PruningTrainerCallback(PruningConfig(pattern="lock"))]).train()
     merged = model.merge_and_unload()
     for name, zero in zeros.items():
@@ -76,7 +77,7 @@ def test_a_lora_student_distils_from_its_dense_teacher_and_merges_with_the_zeros
     Pruner(base, PruningConfig(target_sparsity=0.5, pattern="2:4", criterion="magnitude", start_step=0,
                                end_step=0)).step(0)
     model = _lora(base)
-    trainer = DistillationTrainer(model=model, teacher_model=teacher, train_dataset=_CausalLMData(),
+    trainer = DistillationTrainer(model=model, teacher_model=teacher, train_dataset=CausalLMDataset(),
                                   distillation_config=DistillationConfig(hard_label_weight=1.0),
                                   args=_args(tmp_path, max_steps=4, learning_rate=5e-2, logging_steps=2),
                                   callbacks=[PruningTrainerCallback(PruningConfig(pattern="lock"))])

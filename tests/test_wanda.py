@@ -7,6 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer
 
 from hf_prune import Pruner, PruningConfig, PruningTrainerCallback
 from hf_prune.criteria import get_criterion
+from tests.conftest import CausalLMDataset
 from tests.test_callback import _args
 
 
@@ -32,18 +33,6 @@ def test_scores_against_hand_computation():
     assert torch.equal(kept, expected > threshold)
 
 
-class _CausalLMData(torch.utils.data.Dataset):
-    def __init__(self, size=32, length=16):
-        generator = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(0, 64, (size, length), generator=generator)
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.ids[i]}
-
-
 def _tiny_llama(seed=0):
     torch.manual_seed(seed)
     return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -62,7 +51,7 @@ def test_one_shot_2_4_at_step_0_then_recovery_keeps_the_mask(tmp_path):
             if state.global_step == 0:
                 masks_at_start.update({k: v.clone() for k, v in callback.pruner.masks.items()})
 
-    Trainer(model=model, args=_args(tmp_path, max_steps=4), train_dataset=_CausalLMData(),
+    Trainer(model=model, args=_args(tmp_path, max_steps=4), train_dataset=CausalLMDataset(),
             callbacks=[callback, Snapshot()]).train()
     assert callback.pruner.input_norms.tokens                                  # calibration fed it
     assert not callback.pruner.input_norms._handles                           # no statistics after the last event
