@@ -7,12 +7,12 @@ question, completion = the first reference answer; the loss (and token KD) only 
 greedy answers to a fixed subset of ``validation.json`` (the first ``--questions`` whose prompt fits), EM/F1 with
 the package's SQuAD metric, and greedy tokens/s on CPU.
 
-    python benchmarks/smollm2_squad.py <run> [--steps 100] [--questions 200] [--smoke]
+    python benchmarks/smollm2_squad.py <run> [--steps N] [--questions 200] [--smoke]
 
-``--smoke`` writes under ``benchmarks/runs/smollm2/smoke`` (a few steps and questions to check the pipeline).
-Budget: the defaults (100 steps of batch 8, 200 questions) are an estimate for <= 40 minutes a run on 2 cores
-(a training step of this 135M model at <= 320 tokens costs ~1.6 TFLOP); confirm it with the dense run's
-``seconds_per_step`` before the pruned runs. Smoke-tested under load only (2026-11-26): every run's pipeline.
+Every run's training arguments, pruning and distillation come from ``recipes/SmolLM2-135M-Instruct`` (through
+:func:`hf_prune.recipe.training_recipe`, as a user's own SFT script would read them); ``--steps`` overrides the
+recipes' ``max_steps`` (100 of batch 8: the measured dense run takes ~13 s a step on 2 quiet cores, ~22 minutes).
+``--smoke`` writes under ``benchmarks/runs/smollm2/smoke`` (give a few steps and questions to check the pipeline).
 
 Runs (same step budget each; every pruned run starts from ``dense`` and distils from it):
   dense              SFT of the base model: the teacher
@@ -40,27 +40,26 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from hf_prune import Pruner, PruningConfig, PruningTrainerCallback, slim  # noqa: E402
-from hf_prune.distillation import DistillationConfig, distillation_trainer_class  # noqa: E402
+from hf_prune.distillation import distillation_trainer_class  # noqa: E402
 from hf_prune.qa.data import load_squad_file  # noqa: E402
 from hf_prune.qa.metric import squad_v1  # noqa: E402
+from hf_prune.recipe import training_recipe  # noqa: E402
 
 WORK = os.path.join(ROOT, "benchmarks", "runs", "smollm2")
 BASE = os.path.join(WORK, "base")
 SQUAD = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "squad"))
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MAX_TOKENS = 320          # prompt + answer; longer examples are left out (no context is cut)
 MAX_NEW_TOKENS = 24
-BATCH = 8
-WANDA = dict(criterion="wanda", schedule="oneshot", start_step=0, end_step=0, scope="local", calibration_batches=16)
+RECIPES = os.path.join(ROOT, "recipes", "SmolLM2-135M-Instruct")
+#: run -> the recipe that holds its training arguments, pruning and distillation settings.
 RUNS = {
-    "dense": None,
-    "wanda-2-4-oneshot": PruningConfig(pattern="2:4", target_sparsity=0.5, **WANDA),
-    "wanda-2-4-kd": PruningConfig(pattern="2:4", target_sparsity=0.5, **WANDA),
-    "wanda-50-oneshot": PruningConfig(pattern="1x1", target_sparsity=0.5, **WANDA),
-    "wanda-50-kd": PruningConfig(pattern="1x1", target_sparsity=0.5, **WANDA),
-    "slim-kd": PruningConfig(pattern="head", target_sparsity=1 / 3, include=["self_attn"], groups=[
-        {"include": ["mlp"], "pattern": "channel", "target_sparsity": 0.5, "name": "ffn"}]),
-    "lora-2-4": PruningConfig(pattern="lock"),
+    "dense": "dense.yaml",
+    "wanda-2-4-oneshot": "2-4.yaml",
+    "wanda-2-4-kd": "2-4.yaml",
+    "wanda-50-oneshot": "unstructured-50.yaml",
+    "wanda-50-kd": "unstructured-50.yaml",
+    "slim-kd": "slim.yaml",
+    "lora-2-4": "2-4.yaml",  # its one-shot start; then the LoRA adapters train over the locked sparse base
 }
 
 
@@ -98,7 +97,7 @@ def prompt_ids(tokenizer, context: str, question: str):
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def sft_dataset(tokenizer, examples: int):
+def sft_dataset(tokenizer, examples: int, max_tokens: int):
     """The first ``examples`` training questions that fit: ``input_ids`` and a ``completion_mask`` (the answer
     and its end-of-turn token are the only positions with a loss)."""
     import datasets
@@ -107,7 +106,7 @@ def sft_dataset(tokenizer, examples: int):
     for record in load_squad_file(os.path.join(SQUAD, "train.json")):
         prompt = list(prompt_ids(tokenizer, record["context"], record["question"]))
         answer = tokenizer(record["answers"]["text"][0] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-        if len(prompt) + len(answer) > MAX_TOKENS:
+        if len(prompt) + len(answer) > max_tokens:
             continue
         rows["input_ids"].append(prompt + answer)
         rows["completion_mask"].append([0] * len(prompt) + [1] * len(answer))
@@ -116,11 +115,11 @@ def sft_dataset(tokenizer, examples: int):
     return datasets.Dataset.from_dict(rows)
 
 
-def eval_questions(tokenizer, count: int):
+def eval_questions(tokenizer, count: int, max_tokens: int):
     chosen = []
     for record in load_squad_file(os.path.join(SQUAD, "validation.json")):
         ids = prompt_ids(tokenizer, record["context"], record["question"])
-        if len(ids) + MAX_NEW_TOKENS <= MAX_TOKENS:
+        if len(ids) + MAX_NEW_TOKENS <= max_tokens:
             chosen.append((record, ids))
         if len(chosen) == count:
             break
@@ -158,7 +157,7 @@ def sparsity_of(model) -> dict:
 
 
 # ---- runs ------------------------------------------------------------------------------------------------------
-def calibration_batches(train, tokenizer):
+def calibration_batches(train, tokenizer, batch_size: int):
     """Batches of the training prompts+answers, right-padded, for Wanda's activation statistics."""
     from torch.utils.data import DataLoader
 
@@ -167,7 +166,7 @@ def calibration_batches(train, tokenizer):
         return {"input_ids": torch.nn.utils.rnn.pad_sequence(ids, batch_first=True,
                                                              padding_value=tokenizer.eos_token_id)}
 
-    return DataLoader(train, batch_size=BATCH, collate_fn=collate)
+    return DataLoader(train, batch_size=batch_size, collate_fn=collate)
 
 
 def one_shot(model, config: PruningConfig, batches) -> Pruner:
@@ -178,20 +177,17 @@ def one_shot(model, config: PruningConfig, batches) -> Pruner:
     return pruner
 
 
-def sft(out: str, model, tokenizer, train, steps: int, teacher=None, callbacks=()):
-    from trl import SFTConfig, SFTTrainer
+def sft(model, tokenizer, train, recipe, teacher=None, callbacks=()):
+    """TRL's SFTTrainer with the recipe's arguments; with a teacher, hf_prune's token KD added to its loss."""
+    from trl import SFTTrainer
 
-    args = SFTConfig(output_dir=os.path.join(out, "trainer"), per_device_train_batch_size=BATCH,
-                     max_steps=steps, learning_rate=5e-5, warmup_steps=0.05, lr_scheduler_type="linear",
-                     weight_decay=0.0, logging_steps=25, save_strategy="no", report_to=[], use_cpu=True, seed=42,
-                     max_length=MAX_TOKENS, completion_only_loss=True, disable_tqdm=False)
-    kwargs = dict(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=list(callbacks))
+    kwargs = dict(model=model, args=recipe.arguments, train_dataset=train, processing_class=tokenizer,
+                  callbacks=list(callbacks))
     if teacher is None:
         trainer = SFTTrainer(**kwargs)
     else:
-        trainer = distillation_trainer_class(SFTTrainer)(
-            teacher_model=teacher, distillation_config=DistillationConfig(temperature=2.0, hard_label_weight=1.0),
-            **kwargs)
+        trainer = distillation_trainer_class(SFTTrainer)(teacher_model=teacher,
+                                                         distillation_config=recipe.distillation, **kwargs)
     result = trainer.train()
     return trainer, result.metrics
 
@@ -199,7 +195,7 @@ def sft(out: str, model, tokenizer, train, steps: int, teacher=None, callbacks=(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", choices=list(RUNS))
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=None, help="default: the recipe's max_steps")
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--smoke", action="store_true", help="write under benchmarks/runs/smollm2/smoke")
     options = parser.parse_args()
@@ -211,30 +207,37 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     dense_dir = os.path.join(runs_dir, "dense", "model")
     out = os.path.join(runs_dir, options.run)
-    name, config = options.run, RUNS[options.run]
+    name = options.run
+    from trl import SFTConfig
+
+    overrides = dict(output_dir=os.path.join(out, "trainer"), use_cpu=True, save_strategy="no", disable_tqdm=False)
+    recipe = training_recipe(os.path.join(RECIPES, RUNS[name]), SFTConfig,
+                             **overrides, **({"max_steps": options.steps} if options.steps else {}))
+    steps, batch, max_tokens = (recipe.arguments.max_steps, recipe.arguments.per_device_train_batch_size,
+                                recipe.arguments.max_length)
     if name != "dense" and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
         raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run 'dense' first")
-    train = sft_dataset(tokenizer, options.steps * BATCH)
-    questions = eval_questions(tokenizer, options.questions)
+    train = sft_dataset(tokenizer, steps * batch, max_tokens)
+    questions = eval_questions(tokenizer, options.questions, max_tokens)
     model = AutoModelForCausalLM.from_pretrained(base if name == "dense" else dense_dir, dtype=torch.float32)
     teacher = None if name == "dense" else AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32)
-    row = {"run": name, "steps": 0 if name.endswith("oneshot") else options.steps, "batch": BATCH}
+    row = {"run": name, "recipe": RUNS[name], "steps": 0 if name.endswith("oneshot") else steps, "batch": batch}
     started = time.time()
     if name == "dense":
-        trainer, metrics = sft(out, model, tokenizer, train, options.steps)
+        trainer, metrics = sft(model, tokenizer, train, recipe)
         model.save_pretrained(dense_dir)
         tokenizer.save_pretrained(dense_dir)
     elif name.endswith("oneshot"):
-        one_shot(model, config, calibration_batches(train, tokenizer))
+        one_shot(model, recipe.pruning, calibration_batches(train, tokenizer, batch))
         metrics = {}
     elif name == "lora-2-4":
         from peft import LoraConfig, get_peft_model
 
-        one_shot(model, RUNS["wanda-2-4-oneshot"], calibration_batches(train, tokenizer))
+        one_shot(model, recipe.pruning, calibration_batches(train, tokenizer, batch))
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=[
             "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-        trainer, metrics = sft(out, model, tokenizer, train, options.steps, teacher,
-                               [PruningTrainerCallback(config)])
+        trainer, metrics = sft(model, tokenizer, train, recipe, teacher,
+                               [PruningTrainerCallback(PruningConfig(pattern="lock"))])
         model = model.merge_and_unload()
         from hf_prune.semi_structured import is_two_four
 
@@ -242,8 +245,7 @@ def main() -> None:
         row["merged_layers_exactly_2_4"] = sum(is_two_four(w) for w in layers.values())
         row["merged_layers"] = len(layers)
     else:  # recovery (mask fixed after a one-shot start, or gradual structured pruning) with token KD
-        callback = PruningTrainerCallback(config)
-        trainer, metrics = sft(out, model, tokenizer, train, options.steps, teacher, [callback])
+        trainer, metrics = sft(model, tokenizer, train, recipe, teacher, [PruningTrainerCallback(recipe.pruning)])
         if name == "slim-kd":
             masked = evaluate(model, tokenizer, questions[:20])
             summary = slim(model)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 
 from .config import PruningConfig
 from .config_io import load_yaml
 from .distillation.config import DistillationConfig
 
-__all__ = ["load_yaml", "load_recipe", "RECIPE_KEYS", "COMMAND_LINE_ONLY", "LOCAL_REPORTERS"]
+__all__ = ["load_yaml", "load_recipe", "training_recipe", "TrainingRecipe", "RECIPE_KEYS", "COMMAND_LINE_ONLY",
+           "LOCAL_REPORTERS"]
 
 RECIPE_KEYS = ("description", "expected", "arguments", "pruning", "distillation")
 #: ``arguments`` a recipe may not set, with the reason given in the refusal.
@@ -54,6 +55,37 @@ def load_recipe(path: str, actions: Iterable[argparse.Action]) -> Dict[str, Any]
         if recipe.get(section) is not None:
             config_class.from_dict(recipe[section], source=str(path))
     return recipe
+
+
+
+class TrainingRecipe(NamedTuple):
+    """A recipe made ready for a Trainer script of one's own: its ``arguments`` as the script's arguments object."""
+
+    arguments: Any
+    pruning: Optional[PruningConfig]
+    distillation: Optional[DistillationConfig]
+    description: str
+
+
+def training_recipe(path: str, arguments_class: type, **command_line: Any) -> TrainingRecipe:
+    """The recipe at ``path`` for a script that builds ``arguments_class`` (``TrainingArguments``, TRL's
+    ``SFTConfig``, ``Seq2SeqTrainingArguments`` ...): its ``arguments`` checked against that class's fields like a
+    command line would be, then ``command_line`` on top (where ``output_dir``, ``push_to_hub`` ... come from)::
+
+        recipe = training_recipe("recipes/SmolLM2-135M-Instruct/2-4.yaml", SFTConfig, output_dir="out")
+        callbacks = [PruningTrainerCallback(recipe.pruning)]
+    """
+    from transformers import HfArgumentParser
+
+    recipe = load_recipe(path, HfArgumentParser(arguments_class)._actions)
+    arguments = {**recipe["arguments"], **command_line}
+    pruning = recipe.get("pruning")
+    distillation = recipe.get("distillation")
+    return TrainingRecipe(
+        arguments=arguments_class(**arguments),
+        pruning=PruningConfig.from_dict(pruning, source=str(path)) if pruning is not None else None,
+        distillation=DistillationConfig.from_dict(distillation, source=str(path)) if distillation is not None else None,
+        description=str(recipe.get("description") or "").strip())
 
 
 def _checked(path: str, key: str, value: Any, action: argparse.Action) -> Any:
