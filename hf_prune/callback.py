@@ -12,6 +12,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .config import PruningConfig
 from .distillation.saved_form import saved_form
 from .export import save_pruning_artifacts
+from .deepspeed_step import score_inside_step
 from .launch_modes import check_sharded_trainer_args
 from .pruner import PRUNER_STATE_NAME, Pruner
 from .trainer_context import move_to_front, running_trainer, saving_checkpoint_dir
@@ -54,6 +55,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         self.pruner: Optional[Pruner] = None
         self._args = self._trainer_state = None  # the Trainer's, kept for ``state()`` (called without them)
         self._saved: Optional[tuple] = None  # (folder, step) of the checkpoint this callback has completed
+        self._scores_in_engine_step = False  # ZeRO-3: DeepSpeed's step scores (its gradients are gone afterwards)
 
     # ---- training events ---------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -72,6 +74,9 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         self._check_schedule_fits(state.max_steps)
         if self.pruner.shards.collective:
             check_sharded_trainer_args(args)
+        self._scores_in_engine_step = self.pruner.shards.zero3 and self.pruner.ranks_by_gradient
+        if self._scores_in_engine_step:
+            self._score_inside_deepspeed_step(trainer)
         self._tag_model(model)
         if checkpoint is not None:
             self.pruner.load_state(checkpoint)
@@ -91,7 +96,19 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         batches = self.pruner.calibrate(trainer.get_train_dataloader(), self.pruner.config.calibration_batches)
         logger.info("wanda: %d calibration batches of the training data before the step-0 event", batches)
 
+    def _score_inside_deepspeed_step(self, trainer) -> None:
+        engine = getattr(trainer, "deepspeed", None)
+        if engine is None:
+            criterion = next(g.config.criterion for g in self.pruner.groups if g.criterion.needs_gradient)
+            raise ValueError(f"criterion {criterion!r} under DeepSpeed ZeRO-3 scores inside the DeepSpeed engine's "
+                             "step (its gradients are gone afterwards), and the running Trainer's engine could not be "
+                             "found: train through the Trainer's deepspeed= config, or in a loop of your own call "
+                             "hf_prune.deepspeed_step.update_scores_before_step(pruner, engine) before engine.step()")
+        score_inside_step(engine, self.pruner)
+
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self._scores_in_engine_step:
+            return  # scored inside DeepSpeed's step, which accelerate ran in backward
         _unscale_gradients(optimizer)
         self.pruner.update_scores()
 

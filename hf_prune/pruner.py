@@ -35,7 +35,7 @@ from .patterns import Pattern, get_pattern
 from .pruner_state import PRUNER_STATE_NAME, STATE_KEYS, read_config, read_state, write_state
 from .report import FROZEN, SparsityReport, sparsity_report
 from .schedules import PruningSchedule
-from .sharding import WeightShards, full_shape, local_shape, local_tensor, local_values, mask_local_
+from .sharding import WeightShards, full_shape, local_gradient, local_shape, local_tensor, local_values, mask_local_
 
 logger = logging.getLogger(__name__)
 
@@ -194,19 +194,12 @@ class Pruner:
         return groups
 
     def _check_shards(self, model: nn.Module) -> None:
-        """Sharded weights: no block may straddle two ranks' rows, LoRA's masked updates need whole masks, and
-        under ZeRO-3 no gradient reaches a callback."""
+        """Sharded weights: no block may straddle two ranks' rows, and LoRA's masked updates need whole masks."""
         if not self.shards.collective:
             return
         if lora_layers(model):
             raise ValueError("LoRA adapters on a sharded (FSDP2 / ZeRO-3) model are not supported by hf_prune (the "
                              "adapters' masked updates need whole masks): train the LoRA model under DDP")
-        gradient_ranked = [group for group in self.groups if group.criterion.needs_gradient and not group.pattern.locked]
-        if self.shards.zero3 and gradient_ranked:
-            raise ValueError(f"criterion {gradient_ranked[0].config.criterion!r} (group "
-                             f"{gradient_ranked[0].config.name!r}) under DeepSpeed ZeRO-3: the Trainer's DeepSpeed "
-                             "step consumes and zeroes the gradient partitions before any callback can score them; "
-                             "use 'magnitude' or 'wanda' (or pattern 'lock'), or FSDP2 for gradient criteria")
         for group in self.groups:
             for name in group.names if not group.pattern.locked else ():
                 rows = group.rows_per_score(name)
@@ -291,20 +284,30 @@ class Pruner:
         return blocks
 
     # ---- the training-loop API --------------------------------------------------------------------
+    @property
+    def ranks_by_gradient(self) -> bool:
+        """Some group scores its blocks from gradients (``update_scores`` has work to do)."""
+        return any(group.criterion.needs_gradient and not group.pattern.locked for group in self.groups)
+
     @torch.no_grad()
-    def update_scores(self) -> None:
+    def update_scores(self, gradient_scale: float = 1.0) -> None:
         """Fold this step's criterion into the running block scores. Call after the gradients are final
-        (after accumulation and unscaling) and before ``optimizer.step()``. A step whose gradients are not
-        finite (an fp16 overflow the optimizer will skip) leaves every score unchanged."""
+        (after accumulation and unscaling) and before ``optimizer.step()``; ``gradient_scale`` multiplies gradients
+        that are not final yet (under DeepSpeed, whose step unscales and clips them:
+        :func:`hf_prune.deepspeed_step.update_scores_before_step`). A step whose gradients are not finite (an fp16
+        overflow the optimizer will skip) leaves every score unchanged."""
         updates = []
         for group in self.groups:
             if not group.criterion.needs_gradient or group.pattern.locked:
                 continue
             for name in group.names:
                 module = self.modules[name]
-                if module.weight.grad is not None:  # sharded: the rank's rows of the (averaged) gradient
-                    element = group.criterion.element_scores(oriented(module, local_tensor(module.weight)),
-                                                             oriented(module, local_tensor(module.weight.grad)))
+                gradient = local_gradient(module.weight)  # sharded: the rank's rows of the (averaged) gradient
+                if gradient is not None:
+                    if gradient_scale != 1.0:
+                        gradient = gradient * gradient_scale
+                    element = group.criterion.element_scores(oriented(module, local_values(module.weight)),
+                                                             oriented(module, gradient))
                     updates.append((name, group.momentum, group.reduce(name, element)))
         if not updates:
             return

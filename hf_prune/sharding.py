@@ -27,7 +27,7 @@ from torch import nn
 from .modules import is_transposed
 
 __all__ = ["RowShard", "WeightShards", "is_dtensor", "is_zero3", "full_shape", "local_tensor", "local_shape",
-           "local_values", "mask_local_", "sum_over_shards"]
+           "local_values", "local_gradient", "mask_local_", "sum_over_shards"]
 
 
 def is_dtensor(tensor) -> bool:
@@ -73,10 +73,15 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     if _persistent(tensor):
         return tensor.data
     if is_zero3(tensor):
-        _, _, valid = _zero3_span(tensor)
-        flat, row = tensor.ds_tensor.view(-1)[:valid], math.prod(full_shape(tensor)[1:])
-        return flat.view(-1, *full_shape(tensor)[1:]) if valid % row == 0 else flat
+        return _partition_rows(tensor, tensor.ds_tensor)
     return tensor
+
+
+def _partition_rows(param, partition: torch.Tensor) -> torch.Tensor:
+    """A flat ZeRO-3 partition of ``param`` (its values or its gradient), as rows where it holds whole rows."""
+    _, _, valid = _zero3_span(param)
+    flat, row = partition.view(-1)[:valid], math.prod(full_shape(param)[1:])
+    return flat.view(-1, *full_shape(param)[1:]) if valid % row == 0 else flat
 
 
 def local_shape(tensor: torch.Tensor) -> Tuple[int, ...]:
@@ -95,6 +100,22 @@ def local_values(tensor: torch.Tensor) -> torch.Tensor:
         with deepspeed.zero.GatheredParameters([tensor]):
             return tensor.data.detach().clone()
     return local_tensor(tensor)
+
+
+def local_gradient(param: torch.Tensor) -> Optional[torch.Tensor]:
+    """The gradient of ``local_tensor(param)``, laid out like it; ``None`` before any backward. Under ZeRO-3 it is
+    DeepSpeed's reduced fp32 gradient partition, which exists between the engine's backward and its step only
+    (a persistent parameter's whole gradient is gathered from the partitions: a collective, every rank calls it)."""
+    if not is_zero3(param):
+        return local_tensor(param.grad) if param.grad is not None else None
+    optimizer = getattr(param, "_z3_optimizer", None)
+    if optimizer is None or not param.requires_grad:
+        return None
+    if _persistent(param):
+        return optimizer.get_fp32_grad_for_param(param)  # the same as deepspeed.utils.safe_get_full_grad's path
+    from deepspeed.utils import safe_get_local_grad
+
+    return _partition_rows(param, safe_get_local_grad(param))
 
 
 def mask_local_(param: torch.Tensor, mask: torch.Tensor) -> None:
@@ -199,7 +220,7 @@ class WeightShards:
     def __init__(self, modules: Dict[str, nn.Module]) -> None:
         self.shards: Dict[str, RowShard] = {}
         self.device: Optional[torch.device] = None  # where collectives' tensors live (NCCL needs the GPU)
-        #: True under ZeRO-3, where the Trainer's DeepSpeed step consumes the gradients before any callback sees them
+        #: True under ZeRO-3: gradients are read inside DeepSpeed's step (hf_prune.deepspeed_step), state is collective
         self.zero3 = False
         for name, module in modules.items():
             self.zero3 = self.zero3 or is_zero3(module.weight)

@@ -24,7 +24,7 @@ from tests.conftest import CausalLMDataset, QADataset, tiny_bert_qa  # noqa: E40
 BERT_CONFIG = PruningConfig(target_sparsity=0.6, pattern="4x1", include=["attention"], start_step=2, end_step=6,
                             frequency=2, groups=[{"include": [r"intermediate\.dense", r"layer\.\d+\.output\.dense"],
                                                   "pattern": "2:4", "target_sparsity": 0.5, "scope": "local"}])
-#: ZeRO-3 (gradient-free criteria only: DeepSpeed's step consumes the gradients before a callback can score them)
+#: the gradient-free criteria: no scores to carry, activation statistics instead
 BERT_MAGNITUDE_CONFIG = dataclasses.replace(BERT_CONFIG, criterion="magnitude",
                                             groups=[dict(BERT_CONFIG.groups[0], criterion="wanda")])
 ZERO3 = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},

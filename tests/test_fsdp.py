@@ -157,8 +157,12 @@ def test_zero3_decoder_heads_channels_and_distillation_match_an_unsharded_run(tm
     _assert_same_masks(sharded, single)
 
 
-def test_zero3_refuses_gradient_criteria(tmp_path):
+@pytest.mark.parametrize("launch", ["zero3", "zero3-split"])
+def test_zero3_gradient_criteria_match_an_unsharded_run(bert_single, tmp_path, launch):
+    """snip_momentum under ZeRO-3: scored inside DeepSpeed's step on its reduced gradient partitions (and on the
+    gathered gradient of a persistent weight), unscaled and clipped as the Trainer clips: the same scores and
+    masks as one unsharded process."""
     _require_deepspeed()
-    with pytest.raises(AssertionError, match="criterion 'snip_momentum' .* under DeepSpeed ZeRO-3: the Trainer's "
-                                             "DeepSpeed step consumes and zeroes the gradient partitions"):
-        _run(tmp_path, None, 2, "bert", "zero3")
+    _run(tmp_path, None, 2, "bert", launch)
+    assert json.loads((tmp_path / "seen.json").read_text())["zero3"]
+    _assert_same_masks(tmp_path, bert_single)
