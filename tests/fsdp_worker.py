@@ -90,8 +90,23 @@ class RecordingCallback(PruningTrainerCallback):
                            os.path.join(self.out_dir, f"step{state.global_step}.pt"))
 
 
+def best_at_first_evaluation():
+    """``compute_metrics`` whose best score is the first evaluation's (step 4, mid-schedule: fewer zeros than the
+    end), so ``load_best_model_at_end`` must bring back an earlier checkpoint and its masks."""
+    calls = []
+
+    def compute_metrics(prediction):
+        calls.append(1)
+        return {"score": 1.0 if len(calls) == 1 else 0.0}
+    return compute_metrics
+
+
 def main(out_dir: str, model_kind: str, launch: str, resume: str = "") -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    best = model_kind.endswith("-best")  # load_best_model_at_end, evaluated every 4 steps
+    model_kind = model_kind.removesuffix("-best")
+    best_args = dict(eval_strategy="steps", eval_steps=4, per_device_eval_batch_size=4, load_best_model_at_end=True,
+                     metric_for_best_model="score", greater_is_better=True) if best else {}
     sharded = launch == "fsdp"  # "zero3": DeepSpeed; "plain": one unsharded process, the reference
     layer = "BertLayer" if model_kind == "bert" else "Qwen2DecoderLayer"
     fsdp = dict(fsdp=True, fsdp_config={"fsdp_version": 2, "state_dict_type": "FULL_STATE_DICT",
@@ -99,14 +114,15 @@ def main(out_dir: str, model_kind: str, launch: str, resume: str = "") -> None:
     args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=8 // world, max_steps=8,
                              learning_rate=5e-3, save_strategy="steps", save_steps=4, report_to=[], use_cpu=True,
                              ddp_backend="gloo", disable_tqdm=True, seed=11, logging_steps=2,
-                             **(fsdp if sharded else {}), **zero3_arguments(launch))
-    configs = {"bert": BERT_CONFIG, "bert-magnitude": BERT_MAGNITUDE_CONFIG, "qwen2": QWEN2_CONFIG,
-               "qwen2-magnitude": dataclasses.replace(QWEN2_CONFIG, criterion="magnitude")}
+                             **(fsdp if sharded else {}), **zero3_arguments(launch), **best_args)
+    configs = {"bert": BERT_CONFIG, "bert-magnitude": BERT_MAGNITUDE_CONFIG, "qwen2": QWEN2_CONFIG}
     callback = RecordingCallback(configs[model_kind], out_dir)
     callbacks = [callback]
     if model_kind.startswith("bert"):
         base, model = Trainer, tiny_bert_qa(seed=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         kwargs = dict(train_dataset=QADataset(64))
+        if best:
+            kwargs.update(eval_dataset=QADataset(16, seed=1), compute_metrics=best_at_first_evaluation())
     else:  # "qwen2": a causal LM student distilled (token-level KD) from an unsharded teacher
         base, model = DistillationTrainer, tiny_qwen2(seed=4)
         kwargs = dict(train_dataset=CausalLMDataset(64), teacher_model=tiny_qwen2(seed=5),
@@ -116,7 +132,8 @@ def main(out_dir: str, model_kind: str, launch: str, resume: str = "") -> None:
     trainer.train(resume_from_checkpoint=resume or None)
     trainer.save_model(os.path.join(out_dir, "final"))
     logged = [entry["sparsity"] for entry in trainer.state.log_history if "sparsity" in entry]
-    seen = dict(callback.seen, logged_sparsity=logged, sparsity=callback.pruner.sparsity())
+    seen = dict(callback.seen, logged_sparsity=logged, sparsity=callback.pruner.sparsity(),
+                best_model_checkpoint=trainer.state.best_model_checkpoint)
     if args.process_index == 0:
         with open(os.path.join(out_dir, "seen.json"), "w") as handle:
             json.dump(seen, handle)

@@ -84,15 +84,37 @@ def test_checkpoint_resumes_with_the_same_masks(bert_fsdp, tmp_path, nproc):
         assert torch.all(saved[f"{name}.weight"][~keep] == 0), name
 
 
-def test_decoder_heads_channels_and_distillation_match_an_unsharded_run(tmp_path_factory):
+@pytest.fixture(scope="module")
+def qwen2_single(tmp_path_factory):
+    return _run(tmp_path_factory, "qwen2_single", 1, "qwen2", "plain")
+
+
+def test_decoder_heads_channels_and_distillation_match_an_unsharded_run(tmp_path_factory, qwen2_single):
     """Qwen2 (grouped-query attention, q/k/v biases): head units' partial column sums reduced across ranks,
     channel units ranked by wanda (input norms summed over ranks), bias masks, and DistillationTrainer's token KD
     from an unsharded teacher."""
     sharded = _run(tmp_path_factory, "qwen2_fsdp", 2, "qwen2")
-    single = _run(tmp_path_factory, "qwen2_single", 1, "qwen2", "plain")
-    _assert_same_masks(sharded, single)
+    _assert_same_masks(sharded, qwen2_single)
     assert torch.load(sharded / "step6.pt")["bias_masks"], "q/k/v biases are masked with their heads"
     assert json.loads((sharded / "seen.json").read_text())["sparsity"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("launch", ["fsdp", "zero3-split"])
+def test_load_best_model_at_end_returns_the_best_checkpoint_with_its_masks(tmp_path, launch):
+    """The best checkpoint is the mid-schedule one (step 4): the saved final model holds exactly its masks' zeros,
+    and the sparsity reported at the end is that checkpoint's, not the last event's."""
+    if launch.startswith("zero3"):
+        _require_deepspeed()
+    _run(tmp_path, None, 2, "bert-best", launch)
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["best_model_checkpoint"].endswith("checkpoint-4")
+    at_best, at_end = torch.load(tmp_path / "step4.pt")["masks"], torch.load(tmp_path / "step6.pt")["masks"]
+    saved = load_file(str(tmp_path / "final" / "model.safetensors"))
+    for name, keep in at_best.items():
+        assert torch.equal(saved[f"{name}.weight"] != 0, keep), name
+    pruned = sum(int((~keep).sum()) for keep in at_best.values())
+    assert pruned < sum(int((~keep).sum()) for keep in at_end.values())
+    assert seen["sparsity"] == pytest.approx(pruned / sum(keep.numel() for keep in at_best.values()))
 
 
 def test_a_block_across_a_shard_boundary_is_refused():
@@ -147,14 +169,13 @@ def test_zero3_masks_equal_an_unsharded_run_and_the_saved_model_holds_them(magni
         _assert_same_masks(resumed, magnitude_single, steps=(6,))
 
 
-def test_zero3_decoder_heads_channels_and_distillation_match_an_unsharded_run(tmp_path_factory):
-    """Qwen2 under ZeRO-3 partitions: heads by magnitude (column partial sums reduced), channels by wanda, q/k/v
-    bias masks, DistillationTrainer's token KD from an unsharded teacher."""
+def test_zero3_decoder_heads_channels_and_distillation_match_an_unsharded_run(tmp_path_factory, qwen2_single):
+    """Qwen2 under ZeRO-3 partitions: heads by snip-momentum (gradient scores' column partial sums reduced),
+    channels by wanda, q/k/v bias masks, DistillationTrainer's token KD from an unsharded teacher."""
     _require_deepspeed()
-    sharded = _run(tmp_path_factory, "qwen2_zero3", 2, "qwen2-magnitude", "zero3-split")
-    single = _run(tmp_path_factory, "qwen2_magnitude_single", 1, "qwen2-magnitude", "plain")
+    sharded = _run(tmp_path_factory, "qwen2_zero3", 2, "qwen2", "zero3-split")
     assert json.loads((sharded / "seen.json").read_text())["sharded"]
-    _assert_same_masks(sharded, single)
+    _assert_same_masks(sharded, qwen2_single)
 
 
 @pytest.mark.parametrize("launch", ["zero3", "zero3-split"])
