@@ -16,91 +16,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import re
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .architectures import StructuredBlock, find_blocks
+from .architectures import StructuredBlock
 from .calibration import InputNorms, run_calibration
 from .config import PruningConfig
-from .criteria import Criterion, get_criterion
+from .criteria import get_criterion
+from .groups import (PruningGroup, global_unit_counts, oriented_shape, schedule_steps, select_modules,
+                     structured_blocks)
 from .launch_modes import check_launch_mode
 from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates
 from .modules import is_transposed, oriented, prunable_modules, task_head_names
-from .patterns import Pattern, get_pattern
+from .patterns import get_pattern
 from .pruner_state import PRUNER_STATE_NAME, STATE_KEYS, read_config, read_state, write_state
 from .report import FROZEN, SparsityReport, sparsity_report
 from .schedules import PruningSchedule
-from .sharding import WeightShards, full_shape, local_gradient, local_shape, local_tensor, local_values, mask_local_
+from .sharding import WeightShards, full_shape, local_gradient, local_shape, local_values, mask_local_
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Pruner", "PRUNER_STATE_NAME"]
-
-
-
-@dataclass
-class PruningGroup:
-    """Modules that share one pattern, criterion, schedule and ranking scope.
-
-    Ranking entries are the modules themselves for weight patterns (NxM, N:M) and the ``blocks`` (attention
-    blocks, FFNs) for structured patterns, whose units span several modules.
-    """
-
-    config: PruningConfig
-    pattern: Pattern
-    criterion: Criterion
-    schedule: PruningSchedule
-    names: List[str]
-    blocks: List[StructuredBlock] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.roles: Dict[str, Tuple[StructuredBlock, str]] = {
-            member: (block, role) for block in self.blocks
-            for role, members in (("rows", block.rows), ("columns", block.columns)) for member in members}
-
-    @property
-    def momentum(self) -> float:
-        return self.config.momentum if self.criterion.uses_momentum else 0.0
-
-    def score_shape(self, name: str, weight_shape: Tuple[int, int]) -> Tuple[int, ...]:
-        """Stored scores of an oriented weight of ``weight_shape`` (the full weight, or a rank's rows of it)."""
-        if name in self.roles:
-            block, role = self.roles[name]
-            return (weight_shape[0 if role == "rows" else 1] // block.size_of(name),)
-        return self.pattern.score_shape(weight_shape)
-
-    def rows_per_score(self, name: str) -> Optional[int]:
-        """Weight rows one dim-0 entry of ``name``'s scores covers; None when each entry sums over all rows (the
-        units of a head/channel column module), so a rank's rows give a partial sum."""
-        if name in self.roles:
-            block, role = self.roles[name]
-            return block.size_of(name) if role == "rows" else None
-        return self.pattern.block_rows
-
-    def reduce(self, name: str, element_scores: torch.Tensor) -> torch.Tensor:
-        """Element scores of module ``name`` -> its stored scores (per block, or per structured unit)."""
-        if name in self.roles:
-            block, role = self.roles[name]
-            return self.pattern.unit_scores(element_scores, role, block.size_of(name))
-        return self.pattern.reduce(element_scores, self.config.block_reduce)
-
-
-def _oriented_shape(module: nn.Module) -> Tuple[int, int]:
-    """``[out, in]`` shape of the whole weight (also when a ZeRO-3 partition leaves ``weight.shape`` empty)."""
-    shape = tuple(full_shape(module.weight))
-    return shape[::-1] if is_transposed(module) else shape
-
-
-def _schedule_steps(config: PruningConfig) -> Tuple[int, int, int]:
-    """(start, end, frequency); a ``lock`` group has no schedule (no event ever fires for it)."""
-    if get_pattern(config.pattern).locked:
-        return 0, 0, 1
-    return config.start_step, config.end_step, config.frequency
 
 
 class Pruner:
@@ -164,14 +102,14 @@ class Pruner:
         for index, group_config in enumerate(group_configs):
             is_default = index == len(group_configs) - 1
             pattern = get_pattern(group_config.pattern)
-            selected = self._select(list(linears), group_config, claimed)
+            selected = select_modules(list(linears), group_config, claimed)
             if group_config.include is None:  # heads are pruned only when an include names them
                 selected = [name for name in selected if name not in heads]
             if get_criterion(group_config.criterion).needs_gradient and not pattern.locked:
                 selected = self._drop_frozen(selected, group_config)
             blocks = []
             if pattern.structured:  # whole units: the group prunes its blocks' modules, nothing else
-                blocks = self._structured_blocks(model, pattern, group_config, selected)
+                blocks = structured_blocks(model, pattern, group_config, selected)
                 selected = [member for block in blocks for member in block.members]
             if not selected and not (is_default and config.groups):
                 raise ValueError(
@@ -183,11 +121,11 @@ class Pruner:
                                  "pattern needs a schedule; the top-level pattern 'lock' gives none): set its steps")
             for name in selected:
                 if not pattern.structured and not pattern.locked:
-                    pattern.check_shape(name, _oriented_shape(linears[name]))
+                    pattern.check_shape(name, oriented_shape(linears[name]))
                 claimed[name] = group_config.name
                 self.modules[name] = linears[name]
             if selected:
-                schedule = PruningSchedule(group_config.schedule, *_schedule_steps(group_config),
+                schedule = PruningSchedule(group_config.schedule, *schedule_steps(group_config),
                                            group_config.target_sparsity or 0.0)
                 groups.append(PruningGroup(group_config, pattern, get_criterion(group_config.criterion),
                                            schedule, selected, blocks))
@@ -243,45 +181,6 @@ class Pruner:
             group.config = dataclasses.replace(group.config, target_sparsity=measured)
             if get_pattern(self.config.pattern).locked and group.config.name == (self.config.name or "default"):
                 self.config = dataclasses.replace(self.config, target_sparsity=measured)  # reports state it
-
-    @staticmethod
-    def _select(names: List[str], group_config: PruningConfig, claimed: Dict[str, str]) -> List[str]:
-        """Linear modules the group's include/exclude pick, minus those an earlier group took."""
-        if group_config.include is None:
-            included = set(names)
-        else:
-            included = set()
-            for regex in group_config.include:
-                hits = {name for name in names if re.search(regex, name)}
-                if not hits:
-                    sample = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-                    raise ValueError(
-                        f"include pattern {regex!r} (group {group_config.name!r}) matches no nn.Linear module; "
-                        f"the model's Linear modules are named like: {sample}"
-                    )
-                included |= hits
-        return [name for name in names if name in included and name not in claimed
-                and not any(re.search(regex, name) for regex in group_config.exclude)]
-
-    @staticmethod
-    def _structured_blocks(model: nn.Module, pattern, group_config: PruningConfig,
-                           selected: List[str]) -> List[StructuredBlock]:
-        """The attention blocks / FFNs whose modules the group selected. A unit spans all of its block's
-        modules, so a block the group selects only in part is refused rather than pruned half-way."""
-        chosen = set(selected)
-        blocks = [block for block in find_blocks(model, pattern.kind) if chosen & set(block.members)]
-        for block in blocks:
-            missing = [member for member in block.members if member not in chosen]
-            if missing:
-                raise ValueError(
-                    f"pattern {group_config.pattern!r} (group {group_config.name!r}) prunes whole units of "
-                    f"{block.name!r}, but its modules {missing} are excluded or taken by another group; "
-                    f"select all of {list(block.members)} or none"
-                )
-        if not blocks:
-            raise ValueError(f"pattern {group_config.pattern!r} (group {group_config.name!r}) found no "
-                             f"{'attention block' if pattern.kind == 'head' else 'FFN'} among the modules it selects")
-        return blocks
 
     # ---- the training-loop API --------------------------------------------------------------------
     @property
@@ -399,7 +298,7 @@ class Pruner:
         if group.config.scope == "local":
             counts = {entry: min(max_units[entry], round(sparsity * sizes[entry] / per_unit)) for entry in costs}
         else:
-            counts = self._global_counts(group.config, sparsity, costs, orders, sizes, per_unit, max_units)
+            counts = global_unit_counts(group.config, sparsity, costs, orders, sizes, per_unit, max_units)
         for entry, cost in costs.items():
             pruned = torch.zeros(cost.numel(), dtype=torch.bool, device=cost.device)
             pruned[orders[entry][: counts[entry]]] = True
@@ -407,7 +306,7 @@ class Pruner:
                 self._mask_block(group, blocks[entry], ~pruned)
             else:
                 module = self.modules[entry]
-                shape = _oriented_shape(module)
+                shape = oriented_shape(module)
                 mask = group.pattern.build_mask(block_scores[entry], pruned, shape)
                 self.masks[entry] = self._local("masks", entry, oriented(module, mask).contiguous()).to(module.weight.device)
 
@@ -434,26 +333,6 @@ class Pruner:
                 if name in self.bias_masks:
                     bias_mask = keep_units.repeat_interleave(block.size_of(name))
                     self.bias_masks[name] = self._local("bias_masks", name, bias_mask).to(weight.device)
-
-    @staticmethod
-    def _global_counts(config: PruningConfig, sparsity: float, costs, orders, sizes, per_unit: int,
-                       max_units: Dict[str, int]) -> Dict[str, int]:
-        """How many units each entry (layer or block) loses when all entries' units compete in one ranking,
-        with every entry kept between its min and max sparsity. Ties go to the earlier entry, then the lower
-        index."""
-        names = list(costs)
-        low_sparsity = min(config.min_sparsity_per_layer, sparsity)
-        low = {n: min(max_units[n], math.ceil(low_sparsity * sizes[n] / per_unit - 1e-9)) for n in names}
-        high = {n: max(low[n], min(max_units[n], math.floor(config.max_sparsity_per_layer * sizes[n] / per_unit + 1e-9)))
-                for n in names}
-        wanted = round(sparsity * sum(sizes.values()) / per_unit)
-        extra = max(0, min(wanted, sum(high.values())) - sum(low.values()))
-        device = costs[names[0]].device
-        candidates = [costs[n][orders[n][low[n]: high[n]]].to(device) for n in names]
-        owners = torch.cat([torch.full((len(c),), i, dtype=torch.long, device=device) for i, c in enumerate(candidates)])
-        chosen = owners[torch.sort(torch.cat(candidates), stable=True).indices[:extra]]
-        taken = torch.bincount(chosen, minlength=len(names)).tolist()
-        return {n: low[n] + taken[i] for i, n in enumerate(names)}
 
     # ---- reporting ----------------------------------------------------------------------------------
     def _pruned_and_total(self, names: List[str]) -> Tuple[int, int]:
@@ -512,7 +391,7 @@ class Pruner:
         if key == "bias_masks":
             return tuple(full_shape(module.bias))
         if key == "scores":
-            return tuple(self._group_of[name].score_shape(name, _oriented_shape(module)))
+            return tuple(self._group_of[name].score_shape(name, oriented_shape(module)))
         return tuple(self.input_sums[name].shape)
 
     def state_dict(self) -> Dict[str, object]:

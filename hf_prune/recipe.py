@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 
 from .config import PruningConfig

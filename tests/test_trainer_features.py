@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (AutoModelForQuestionAnswering, BertConfig, BertForSequenceClassification, Trainer,
+from transformers import (AutoModelForQuestionAnswering, BertForSequenceClassification, Trainer,
                           TrainerCallback)
 
 from hf_prune import (DistillationConfig, DistillationTrainer, PruningConfig, PruningTrainerCallback, from_pretrained,
