@@ -96,6 +96,13 @@ RUNS = {
     # the same learning-rate shape for the best 2:4 setting (local scope) and for slim heads + channels
     "hf-2-4-kd-local-wsd": Run("2-4.yaml", extra=("--pruning_scope", "local", *_WSD)),
     "hf-slim-kd-wsd": Run("slim.yaml", extra=_WSD),
+    # the seed repeat of hf-2-4-kd-local-wsd (+2.45 F1 over hf-2-4-kd-local), before it becomes 2-4.yaml's default
+    "hf-2-4-kd-local-wsd-seed43": Run("2-4.yaml", extra=("--pruning_scope", "local", *_WSD, "--seed", "43")),
+    # the doubled budget for the best 4x1 setting: two epochs (1,054 steps), the last event at 740 as in
+    # hf-4x1-kd-2ep; 106 warm-up + 634 stable steps to it, then 314 of linear decay
+    "hf-4x1-kd-wsd-2ep": Run("4x1.yaml", extra=(
+        "--num_train_epochs", "2", "--pruning_end_step", "740", "--lr_scheduler_type", "warmup_stable_decay",
+        "--lr_scheduler_kwargs", '{"num_stable_steps": 634, "num_decay_steps": 314, "decay_type": "linear"}')),
 }
 
 
