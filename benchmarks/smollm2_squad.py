@@ -21,10 +21,13 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
   wanda-50-oneshot   / wanda-50-kd: the same with 50 % unstructured (1x1)
   slim-kd            heads (1/3 of the KV groups) + FFN channels (0.5) pruned gradually with KD, then removed
   lora-2-4           LoRA recovery (r 16, all projections) of the 2:4 one-shot model with KD, merged; its zeros
+  oneshot-loss       no training: the answer loss of 64 held-out examples after one-shot Wanda and magnitude starts
+                     (2:4 and 50 %), to tell a criterion's damage from a broken one
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -177,6 +180,46 @@ def one_shot(model, config: PruningConfig, batches) -> Pruner:
     return pruner
 
 
+@torch.no_grad()
+def answer_loss(model, tokenizer, examples, batch_size: int) -> float:
+    """Mean cross-entropy on the answer tokens (the SFT loss) of held-out training examples."""
+    model.eval()
+    losses = []
+    for start in range(0, len(examples), batch_size):
+        rows = examples[start:start + batch_size]
+        ids = [torch.tensor(row) for row in rows["input_ids"]]
+        labels = [torch.tensor([t if m else -100 for t, m in zip(row, mask)])
+                  for row, mask in zip(rows["input_ids"], rows["completion_mask"])]
+        pad = torch.nn.utils.rnn.pad_sequence
+        batch = pad(ids, batch_first=True, padding_value=tokenizer.eos_token_id)
+        attention = pad([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True)
+        losses.append(float(model(input_ids=batch, attention_mask=attention,
+                                  labels=pad(labels, batch_first=True, padding_value=-100)).loss))
+    return sum(losses) / len(losses)
+
+
+def oneshot_losses(tokenizer, dense_dir: str, recipe, steps: int, batch: int, max_tokens: int) -> dict:
+    """The one-shot starts' answer loss on 64 held-out training examples (those after the training set): Wanda
+    against magnitude at 2:4 and 50 %, from the same dense SFT model and calibration batches."""
+    from transformers import AutoModelForCausalLM
+
+    examples = sft_dataset(tokenizer, steps * batch + 64, max_tokens)
+    train, held_out = examples.select(range(steps * batch)), examples.select(range(steps * batch, len(examples)))
+    row = {}
+    for pattern in ("2:4", "1x1"):
+        for criterion in (None, "magnitude", "wanda"):
+            model = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32)
+            if criterion is not None:
+                config = dataclasses.replace(recipe.pruning, pattern=pattern, criterion=criterion)
+                if criterion == "wanda":
+                    one_shot(model, config, calibration_batches(train, tokenizer, batch))
+                else:
+                    Pruner(model, config).step(0)
+            row[f"{criterion or 'dense'}{'' if criterion is None else ' ' + pattern}"] = answer_loss(
+                model, tokenizer, held_out, batch)
+    return row
+
+
 def sft(model, tokenizer, train, recipe, teacher=None, callbacks=()):
     """TRL's SFTTrainer with the recipe's arguments; with a teacher, hf_prune's token KD added to its loss."""
     from trl import SFTTrainer
@@ -194,7 +237,7 @@ def sft(model, tokenizer, train, recipe, teacher=None, callbacks=()):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", choices=list(RUNS))
+    parser.add_argument("run", choices=[*RUNS, "oneshot-loss"])
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's max_steps")
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--smoke", action="store_true", help="write under benchmarks/runs/smollm2/smoke")
@@ -211,12 +254,19 @@ def main() -> None:
     from trl import SFTConfig
 
     overrides = dict(output_dir=os.path.join(out, "trainer"), use_cpu=True, save_strategy="no", disable_tqdm=False)
-    recipe = training_recipe(os.path.join(RECIPES, RUNS[name]), SFTConfig,
+    recipe = training_recipe(os.path.join(RECIPES, RUNS.get(name, "2-4.yaml")), SFTConfig,
                              **overrides, **({"max_steps": options.steps} if options.steps else {}))
     steps, batch, max_tokens = (recipe.arguments.max_steps, recipe.arguments.per_device_train_batch_size,
                                 recipe.arguments.max_length)
     if name != "dense" and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
         raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run 'dense' first")
+    if name == "oneshot-loss":
+        row = oneshot_losses(tokenizer, dense_dir, recipe, steps, batch, max_tokens)
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as handle:
+            json.dump(row, handle, indent=2)
+        print(json.dumps(row, indent=2))
+        return
     train = sft_dataset(tokenizer, steps * batch, max_tokens)
     questions = eval_questions(tokenizer, options.questions, max_tokens)
     model = AutoModelForCausalLM.from_pretrained(base if name == "dense" else dense_dir, dtype=torch.float32)
