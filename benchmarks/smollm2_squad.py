@@ -15,7 +15,7 @@ recipes' ``max_steps`` (100 of batch 8: the measured dense run takes ~13 s a ste
 ``--smoke`` writes under ``benchmarks/runs/smollm2/smoke`` (give a few steps and questions to check the pipeline).
 
 Runs (same step budget each; every pruned run starts from ``dense`` and distils from it):
-  base               no training: the downloaded instruct model, for scale
+  instruct           no training: the downloaded instruct model, for scale
   dense              SFT of the base model: the teacher
   wanda-2-4-oneshot  ``dense`` pruned 2:4 by Wanda from 16 calibration batches, no training
   wanda-2-4-kd       the same one-shot start at step 0, then recovery with the mask fixed and token KD
@@ -60,7 +60,7 @@ MAX_NEW_TOKENS = 24
 RECIPES = os.path.join(ROOT, "recipes", "SmolLM2-135M-Instruct")
 #: run -> the recipe that holds its training arguments, pruning and distillation settings.
 RUNS = {
-    "base": "dense.yaml",  # no training: SmolLM2-135M-Instruct as downloaded, for scale
+    "instruct": "dense.yaml",  # no training: SmolLM2-135M-Instruct as downloaded, for scale
     "dense": "dense.yaml",
     "wanda-2-4-oneshot": "2-4.yaml",
     "wanda-2-4-kd": "2-4.yaml",
@@ -316,7 +316,7 @@ def main() -> None:
     recipe = training_recipe(os.path.join(RECIPES, RUNS.get(name, "2-4.yaml")), SFTConfig, **overrides)
     steps, batch, max_tokens = (recipe.arguments.max_steps, recipe.arguments.per_device_train_batch_size,
                                 recipe.arguments.max_length)
-    if name not in ("base", "dense") and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
+    if name not in ("instruct", "dense") and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
         raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run 'dense' first")
     if name == "oneshot-loss":
         row = oneshot_losses(tokenizer, dense_dir, recipe, steps, batch, max_tokens)
@@ -327,16 +327,18 @@ def main() -> None:
         return
     train = sft_dataset(tokenizer, steps * batch, max_tokens)
     questions = eval_questions(tokenizer, options.questions, max_tokens)
-    model = AutoModelForCausalLM.from_pretrained(base if name in ("base", "dense") else dense_dir, dtype=torch.float32)
-    teacher = None if name in ("base", "dense", "slim-check") else AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32)
+    untrained = name in ("instruct", "dense")  # start from the downloaded model; the others from the dense SFT one
+    model = AutoModelForCausalLM.from_pretrained(base if untrained else dense_dir, dtype=torch.float32)
+    teacher = None if untrained or name == "slim-check" else AutoModelForCausalLM.from_pretrained(dense_dir,
+                                                                                                 dtype=torch.float32)
     row = {"run": name, "recipe": RUNS[name], "changed_arguments": RUN_ARGUMENTS.get(name),
-           "steps": 0 if name.endswith("oneshot") or name in ("base", "slim-check") else steps, "batch": batch}
+           "steps": 0 if name.endswith("oneshot") or name in ("instruct", "slim-check") else steps, "batch": batch}
     started = time.time()
     if name == "dense":
         trainer, metrics = sft(model, tokenizer, train, recipe)
         model.save_pretrained(dense_dir)
         tokenizer.save_pretrained(dense_dir)
-    elif name == "base":
+    elif name == "instruct":
         metrics = {}
     elif name == "slim-check":  # the slim path on the real model without training: a one-shot magnitude start
         import copy
