@@ -145,7 +145,8 @@ def eval_questions(tokenizer, count: int, max_tokens: int):
 
 @torch.no_grad()
 def evaluate(model, tokenizer, questions) -> dict:
-    """Greedy answers, EM/F1, and generated tokens per second (batch 1, as a chat turn is served on CPU)."""
+    """Greedy answers, EM/F1, and generated tokens per second (batch 1, as a chat turn is served on CPU; prompt
+    time included, so models that answer at other lengths do not compare: ``compare_slim`` times them fairly)."""
     model.eval()
     predictions, generated, seconds = [], 0, 0.0
     for record, ids in questions:
