@@ -10,9 +10,9 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import PruningConfig
+from .deepspeed_step import score_inside_step
 from .distillation.saved_form import saved_form
 from .export import save_pruning_artifacts
-from .deepspeed_step import score_inside_step
 from .launch_modes import check_sharded_trainer_args
 from .pruner import PRUNER_STATE_NAME, Pruner
 from .trainer_context import move_to_front, running_trainer, saving_checkpoint_dir

@@ -56,7 +56,6 @@ def load_recipe(path: str, actions: Iterable[argparse.Action]) -> Dict[str, Any]
     return recipe
 
 
-
 class TrainingRecipe(NamedTuple):
     """A recipe made ready for a Trainer script of one's own: its ``arguments`` as the script's arguments object."""
 
