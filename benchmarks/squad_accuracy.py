@@ -68,8 +68,8 @@ RUNS = {
     "dense-continued": Run("4x1.yaml", pruner="none", extra=_LINEAR),
     "hf-4x1-kd": Run("4x1.yaml", extra=_LINEAR),
     "inc-4x1-kd": Run("4x1.yaml", pruner="inc", extra=_LINEAR),
-    "hf-2-4-kd": Run("2-4.yaml"),
-    "inc-2-4-kd": Run("2-4.yaml", pruner="inc"),
+    "hf-2-4-kd": Run("2-4.yaml", extra=("--pruning_scope", "global", *_LINEAR)),
+    "inc-2-4-kd": Run("2-4.yaml", pruner="inc", extra=("--pruning_scope", "global", *_LINEAR)),
     "hf-4x1-simkd": Run("4x1.yaml", extra=("--distill_method", "reused_classifier", *_LINEAR)),
     "hf-4x1-nokd": Run("4x1.yaml", teacher=None, extra=_LINEAR),
     "hf-slim-kd": Run("slim.yaml"),
@@ -77,7 +77,7 @@ RUNS = {
     "hf-4x1-kd-exp": Run("4x1.yaml", extra=("--pruning_schedule", "exp", *_LINEAR)),
     # 2:4 with local scope: every layer becomes 2:4 at the same pace (with global ranking, every layer must still
     # end 2:4, so the ranking only decides which layers are converted last, all at once)
-    "hf-2-4-kd-local": Run("2-4.yaml", extra=("--pruning_scope", "local")),
+    "hf-2-4-kd-local": Run("2-4.yaml", extra=("--pruning_scope", "local", *_LINEAR)),
     # the same run with another seed: how far apart two runs of one setting land (the noise floor of the table)
     "hf-4x1-kd-seed43": Run("4x1.yaml", extra=("--seed", "43", *_LINEAR)),
     # what more budget buys: 4x1 @ 0.8 over two epochs (1,054 steps), pruning done at 70 % of them
@@ -90,7 +90,7 @@ RUNS = {
     # over the 157 steps after the last event (53 warm-up + 317 stable + 157 decay = 527), instead of decaying
     # while pruning: the hf-4x1-lwkd losses plateau after step 370 with the learning rate already below 3e-5
     "hf-4x1-kd-wsd": Run("4x1.yaml", extra=_WSD),
-    "hf-2-4-lwkd-local": Run("2-4.yaml", extra=("--pruning_scope", "local", "--hidden_state_weight", "10")),
+    "hf-2-4-lwkd-local": Run("2-4.yaml", extra=("--pruning_scope", "local", "--hidden_state_weight", "10", *_LINEAR)),
     # the seed repeat of hf-4x1-kd-wsd (+2.98 F1 over hf-4x1-kd), required before it becomes the recipes' default
     "hf-4x1-kd-wsd-seed43": Run("4x1.yaml", extra=(*_WSD, "--seed", "43")),
     # the same learning-rate shape for the best 2:4 setting (local scope) and for slim heads + channels
