@@ -100,8 +100,9 @@ def select_modules(names: List[str], group_config: PruningConfig, claimed: Dict[
     return [name for name in names if name in included and name not in claimed
             and not any(re.search(regex, name) for regex in group_config.exclude)]
 
-def structured_blocks(model: nn.Module, pattern, group_config: PruningConfig,
-                       selected: List[str]) -> List[StructuredBlock]:
+
+def structured_blocks(model: nn.Module, pattern: Pattern, group_config: PruningConfig,
+                      selected: List[str]) -> List[StructuredBlock]:
     """The attention blocks / FFNs whose modules the group selected. A unit spans all of its block's
     modules, so a block the group selects only in part is refused rather than pruned half-way."""
     chosen = set(selected)
@@ -121,7 +122,7 @@ def structured_blocks(model: nn.Module, pattern, group_config: PruningConfig,
 
 
 def global_unit_counts(config: PruningConfig, sparsity: float, costs, orders, sizes, per_unit: int,
-                   max_units: Dict[str, int]) -> Dict[str, int]:
+                       max_units: Dict[str, int]) -> Dict[str, int]:
     """How many units each entry (layer or block) loses when all entries' units compete in one ranking,
     with every entry kept between its min and max sparsity. Ties go to the earlier entry, then the lower
     index."""
