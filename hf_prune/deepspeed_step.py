@@ -31,16 +31,13 @@ def gradient_scale(engine) -> float:
         return 1.0 / loss_scale
     from deepspeed.utils import safe_get_local_grad
 
-    squares = torch.zeros((), dtype=torch.float64)
-    group = None
-    for param in engine.module.parameters():
-        if param.requires_grad and is_zero3(param):
-            group = param.ds_process_group
-            squares += safe_get_local_grad(param).double().pow(2).sum().cpu()  # each partition counted on one rank
+    params = [param for param in engine.module.parameters() if param.requires_grad and is_zero3(param)]
+    # each partition is counted on one rank; summed where the gradients live, so the host waits once, not per param
+    partials = [torch.linalg.vector_norm(safe_get_local_grad(param), dtype=torch.float64).square() for param in params]
+    squares = torch.stack(partials).sum() if partials else torch.zeros((), dtype=torch.float64)
     if dist.is_initialized():
-        total = squares.to(_collective_device())
-        dist.all_reduce(total, group=group)
-        squares = total.cpu()
+        squares = squares.to(_collective_device())
+        dist.all_reduce(squares, group=params[0].ds_process_group if params else None)
     norm = math.sqrt(float(squares)) / loss_scale
     return min(1.0, max_norm / (norm + 1e-6)) / loss_scale
 
