@@ -84,3 +84,14 @@ def requires_shared(*parts: str) -> str:
     if not os.path.exists(path):
         pytest.skip(f"{path} is absent: this test needs the real data/checkpoints in ../shared (see its README)")
     return path
+
+
+def best_at_evaluation(best: int):
+    """A ``compute_metrics`` (metric ``"score"``, greater is better) whose best is the ``best``-th evaluation, so
+    ``load_best_model_at_end`` must bring back that checkpoint, not the last one."""
+    calls = []
+
+    def compute_metrics(prediction):
+        calls.append(1)
+        return {"score": 1.0 if len(calls) == best else 0.0}
+    return compute_metrics

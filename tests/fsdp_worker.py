@@ -19,7 +19,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArgumen
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_prune import DistillationTrainer, PruningConfig, PruningTrainerCallback  # noqa: E402
 from hf_prune.sharding import full_shape  # noqa: E402
-from tests.conftest import CausalLMDataset, QADataset, tiny_bert_qa  # noqa: E402
+from tests.conftest import CausalLMDataset, QADataset, best_at_evaluation, tiny_bert_qa  # noqa: E402
 
 BERT_CONFIG = PruningConfig(target_sparsity=0.6, pattern="4x1", include=["attention"], start_step=2, end_step=6,
                             frequency=2, groups=[{"include": [r"intermediate\.dense", r"layer\.\d+\.output\.dense"],
@@ -90,20 +90,9 @@ class RecordingCallback(PruningTrainerCallback):
                            os.path.join(self.out_dir, f"step{state.global_step}.pt"))
 
 
-def best_at_first_evaluation():
-    """``compute_metrics`` whose best score is the first evaluation's (step 4, mid-schedule: fewer zeros than the
-    end), so ``load_best_model_at_end`` must bring back an earlier checkpoint and its masks."""
-    calls = []
-
-    def compute_metrics(prediction):
-        calls.append(1)
-        return {"score": 1.0 if len(calls) == 1 else 0.0}
-    return compute_metrics
-
-
 def main(out_dir: str, model_kind: str, launch: str, resume: str = "") -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    best = model_kind.endswith("-best")  # load_best_model_at_end, evaluated every 4 steps
+    best = model_kind.endswith("-best")  # load_best_model_at_end, evaluated every 4 steps, best at step 4
     model_kind = model_kind.removesuffix("-best")
     best_args = dict(eval_strategy="steps", eval_steps=4, per_device_eval_batch_size=4, load_best_model_at_end=True,
                      metric_for_best_model="score", greater_is_better=True) if best else {}
@@ -122,7 +111,7 @@ def main(out_dir: str, model_kind: str, launch: str, resume: str = "") -> None:
         base, model = Trainer, tiny_bert_qa(seed=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         kwargs = dict(train_dataset=QADataset(64))
         if best:
-            kwargs.update(eval_dataset=QADataset(16, seed=1), compute_metrics=best_at_first_evaluation())
+            kwargs.update(eval_dataset=QADataset(16, seed=1), compute_metrics=best_at_evaluation(1))
     else:  # "qwen2": a causal LM student distilled (token-level KD) from an unsharded teacher
         base, model = DistillationTrainer, tiny_qwen2(seed=4)
         kwargs = dict(train_dataset=CausalLMDataset(64), teacher_model=tiny_qwen2(seed=5),

@@ -15,7 +15,7 @@ from hf_prune import (DistillationConfig, DistillationTrainer, PruningConfig, Pr
                       sparsity_report)
 from hf_prune.pruner import PRUNER_STATE_NAME
 from hf_prune.report import FROZEN
-from tests.conftest import QADataset, tiny_bert_config, tiny_bert_qa
+from tests.conftest import QADataset, best_at_evaluation, tiny_bert_config, tiny_bert_qa
 from tests.test_callback import _args
 
 
@@ -32,15 +32,6 @@ class _StepSpy(TrainerCallback):
         self.steps.append(state.global_step)
 
 
-def _best_at_second_evaluation():
-    calls = []
-
-    def compute_metrics(prediction):
-        calls.append(1)
-        return {"score": 1.0 if len(calls) == 2 else 0.0}
-    return compute_metrics
-
-
 BEST = dict(eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, load_best_model_at_end=True,
             metric_for_best_model="score", greater_is_better=True, max_steps=12)
 
@@ -50,7 +41,7 @@ def test_load_best_model_returns_the_best_checkpoint_with_its_masks(tmp_path):
     config = PruningConfig(target_sparsity=0.8, pattern="4x1", start_step=2, end_step=10, frequency=2)
     callback = PruningTrainerCallback(config)
     trainer = Trainer(model=tiny_bert_qa(seed=3), args=_args(tmp_path, **BEST), train_dataset=QADataset(96),
-                      eval_dataset=QADataset(16, seed=1), compute_metrics=_best_at_second_evaluation(),
+                      eval_dataset=QADataset(16, seed=1), compute_metrics=best_at_evaluation(2),
                       callbacks=[callback])
     trainer.train()
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-4")
@@ -73,7 +64,7 @@ def test_simkd_load_best_model_gives_the_best_checkpoints_logits(tmp_path):
     trainer = DistillationTrainer(model=tiny_bert_qa(seed=3), teacher_model=teacher, args=_args(tmp_path, **BEST),
                                   distillation_config=DistillationConfig(method="reused_classifier"),
                                   train_dataset=QADataset(96), eval_dataset=QADataset(16, seed=1),
-                                  compute_metrics=_best_at_second_evaluation(),
+                                  compute_metrics=best_at_evaluation(2),
                                   callbacks=[PruningTrainerCallback(dict(target_sparsity=0.5, start_step=2,
                                                                          end_step=10, frequency=2))])
     trainer.train()
