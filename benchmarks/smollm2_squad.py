@@ -31,6 +31,7 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import glob
 import json
@@ -171,16 +172,13 @@ def compare_slim(masked, slimmed, tokenizer, questions) -> dict:
     removal is exact) and in float32 (kernel rounding of other matrix shapes), how many greedy answers are
     identical, and the speed of batch-1 generation: prefill seconds per prompt and decode milliseconds per token
     (24 tokens forced), the two models alternating question by question."""
-    import copy
+    def largest_logit_difference(a, b) -> float:
+        return max(float((a(torch.tensor([ids])).logits - b(torch.tensor([ids])).logits).abs().max())
+                   for _, ids in questions[:2])
 
-    row = {}
-    for dtype in (torch.float64, torch.float32):
-        a, b = (copy.deepcopy(masked).to(dtype), copy.deepcopy(slimmed).to(dtype)) if dtype != torch.float32 \
-            else (masked, slimmed)
-        row[f"max_logit_difference_{str(dtype)[6:]}"] = max(
-            float((a(torch.tensor([ids])).logits - b(torch.tensor([ids])).logits).abs().max())
-            for _, ids in questions[:2])
-        del a, b
+    row = {"max_logit_difference_float64": largest_logit_difference(copy.deepcopy(masked).double(),
+                                                                    copy.deepcopy(slimmed).double()),
+           "max_logit_difference_float32": largest_logit_difference(masked, slimmed)}
     timing = {"masked": [0.0, 0.0], "slim": [0.0, 0.0]}
     outputs = {"masked": [], "slim": []}
     for _, ids in questions:
@@ -207,6 +205,13 @@ def compare_slim(masked, slimmed, tokenizer, questions) -> dict:
     row["prefill_speedup"] = row["masked_prefill_seconds"] / row["slim_prefill_seconds"]
     row["decode_speedup"] = row["masked_decode_ms_per_token"] / row["slim_decode_ms_per_token"]
     return row
+
+
+def slim_against_masked(model, tokenizer, questions) -> dict:
+    """``hf_prune.slim`` on ``model`` in place, and how the result compares with the masked model it was."""
+    masked = copy.deepcopy(model)
+    summary = slim(model)
+    return {"slim": str(summary), "slim_against_masked": compare_slim(masked, model, tokenizer, questions)}
 
 
 def sparsity_of(model) -> dict:
@@ -342,15 +347,10 @@ def main() -> None:
     elif name == "instruct":
         metrics = {}
     elif name == "slim-check":  # the slim path on the real model without training: a one-shot magnitude start
-        import copy
-
         metrics = {}
         Pruner(model, dataclasses.replace(recipe.pruning, criterion="magnitude", schedule="oneshot", start_step=0,
                                           end_step=0)).step(0)
-        masked = copy.deepcopy(model)
-        row["slim"] = str(slim(model))
-        row["slim_against_masked"] = compare_slim(masked, model, tokenizer, questions[:20])
-        del masked
+        row.update(slim_against_masked(model, tokenizer, questions[:20]))
     elif name.endswith("oneshot"):
         one_shot(model, recipe.pruning, calibration_batches(train, tokenizer, batch))
         metrics = {}
@@ -371,12 +371,7 @@ def main() -> None:
     else:  # recovery (mask fixed after a one-shot start, or gradual structured pruning) with token KD
         trainer, metrics = sft(model, tokenizer, train, recipe, teacher, [PruningTrainerCallback(recipe.pruning)])
         if name == "slim-kd":
-            import copy
-
-            masked = copy.deepcopy(model)
-            row["slim"] = str(slim(model))
-            row["slim_against_masked"] = compare_slim(masked, model, tokenizer, questions[:20])
-            del masked
+            row.update(slim_against_masked(model, tokenizer, questions[:20]))
     row.update(train_seconds=metrics.get("train_runtime"), seconds_per_step=(1.0 / metrics["train_steps_per_second"]
                                                                              if metrics.get("train_steps_per_second")
                                                                              else None),
