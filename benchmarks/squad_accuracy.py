@@ -103,6 +103,8 @@ RUNS = {
     "hf-4x1-kd-wsd-2ep": Run("4x1.yaml", extra=(
         "--num_train_epochs", "2", "--pruning_end_step", "740", "--lr_scheduler_type", "warmup_stable_decay",
         "--lr_scheduler_kwargs", '{"num_stable_steps": 634, "num_decay_steps": 314, "decay_type": "linear"}')),
+    # the seed repeat of hf-slim-kd-wsd, run only if it beats hf-slim-kd (60.50), before slim.yaml takes the wsd shape
+    "hf-slim-kd-wsd-seed43": Run("slim.yaml", extra=(*_WSD, "--seed", "43")),
 }
 
 
