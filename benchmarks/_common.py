@@ -46,16 +46,34 @@ class SyntheticQA(torch.utils.data.Dataset):
                 "start_positions": self.positions[i, 0], "end_positions": self.positions[i, 1]}
 
 
+def synchronize() -> None:
+    """Wait for the GPU's queued work, so that a wall-clock time covers the work and not only its launch."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the Trainer runs (cuda: the first GPU, fp32 as the Trainer's default)")
+
+
+def bert_base_config():
+    """bert-base's shape (12 layers, 768 hidden, 12 heads, FFN 3072), random weights: speed does not depend on them."""
+    return BertConfig(), "built"
+
+
 class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step, from one step end to the next."""
+    """Wall time of each optimizer step, from its start to its end, the GPU's queued work included."""
 
     def __init__(self) -> None:
         self.times, self._last = [], None
 
     def on_step_begin(self, args, state, control, **kwargs):
+        synchronize()
         self._last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        synchronize()
         self.times.append(time.perf_counter() - self._last)
 
     def mean(self, skip: int = 3) -> float:

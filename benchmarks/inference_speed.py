@@ -7,7 +7,7 @@ kernels. Models: all-MiniLM-L6-v2 and a bert-base-shaped model (random weights; 
 Prints the median latency of each case and its speed-up over dense; GPU cases (fp16, 2:4 semi-structured) run
 only where CUDA exists and are printed as "not measured" otherwise.
 
-    python benchmarks/inference_speed.py [--batches 1 32] [--seqs 128 384] [--compile]
+    python benchmarks/inference_speed.py [--batches 1 32] [--seqs 128 384] [--compile] [--gpu-only]
 """
 from __future__ import annotations
 
@@ -146,13 +146,14 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     parser.add_argument("--trained-slim", default=None, help="a slim model folder saved by run_qa_prune --slim")
     parser.add_argument("--models", nargs="+", default=None, help="subset of the model names to run")
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU table (on a GPU machine)")
     options = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     configs = {name: config for name, config in base_configs().items()
                if options.models is None or any(name.startswith(m) for m in options.models)}
     models = {}
-    for name, config in configs.items():
+    for name, config in ({} if options.gpu_only else configs).items():
         variants = {variant: build(config, variant) for variant in
                     ("dense", "masked 4x1 @ 0.8", "masked 2:4", "slim (-50 % heads, -60 % FFN)")}
         if options.trained_slim and name.startswith("all-MiniLM"):
@@ -161,7 +162,8 @@ def main() -> None:
         parameters = {variant: sum(p.numel() for p in model.parameters()) for variant, model in variants.items()}
         print(f"{name}: parameters " + ", ".join(f"{v}: {n / 1e6:.1f}M" for v, n in parameters.items()))
         models[name] = variants
-    cpu_table(models, options.batches, options.seqs, options.repeats, options.compile)
+    if models:
+        cpu_table(models, options.batches, options.seqs, options.repeats, options.compile)
     gpu_table(configs, options.batches, options.seqs, options.repeats)
 
 
