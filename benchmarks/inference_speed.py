@@ -21,6 +21,7 @@ import time
 from typing import Callable, Dict, List
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModelForQuestionAnswering, BertConfig
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,6 +30,8 @@ from hf_prune import Pruner, PruningConfig, from_pretrained, slim, to_semi_struc
 SHARED = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
 MINILM = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")
 FFN = r"(intermediate\.dense|layer\.\d+\.output\.dense)"
+#: the same slimming with every layer keeping a multiple of 64 FFN channels (fp16 GPU kernels want aligned widths)
+SLIM_ROUNDED = "slim, FFN kept x64"
 
 
 def base_configs() -> Dict[str, BertConfig]:
@@ -52,6 +55,9 @@ def build(config, variant: str) -> torch.nn.Module:
         "slim (-50 % heads, -60 % FFN)": PruningConfig(
             target_sparsity=0.5, pattern="head", criterion="magnitude", scope="local",
             groups=[{"include": [FFN], "pattern": "channel", "target_sparsity": 0.6}]),
+        SLIM_ROUNDED: PruningConfig(
+            target_sparsity=0.5, pattern="head", criterion="magnitude", scope="local",
+            groups=[{"include": [FFN], "pattern": "channel", "target_sparsity": 0.6, "keep_multiple_of": 64}]),
     }[variant]
     if pruning is not None:
         Pruner(model, dataclasses.replace(pruning, start_step=0, end_step=0)).step(0)
@@ -124,7 +130,7 @@ def gpu_table(configs: Dict[str, BertConfig], batches: List[int], seqs: List[int
     print("|---|---|---|---|---|---|")
     for model_name, config in configs.items():
         variants = {name: build(config, name).half().cuda() for name in
-                    ("dense", "masked 2:4", "slim (-50 % heads, -60 % FFN)")}
+                    ("dense", "masked 2:4", "slim (-50 % heads, -60 % FFN)", SLIM_ROUNDED)}
         plan = to_semi_structured(variants["masked 2:4"])
         variants["2:4 semi-structured"] = variants.pop("masked 2:4")
         print(f"{model_name}: {len(plan.convertible)} Linear layers semi-structured, {len(plan.dense)} dense")
@@ -136,6 +142,41 @@ def gpu_table(configs: Dict[str, BertConfig], batches: List[int], seqs: List[int
                     ms = median_ms(model, inputs, repeats, torch.cuda.synchronize)
                     dense_ms = ms if name == "dense" else dense_ms
                     print(f"| {model_name} | {batch} | {seq} | {name} | {ms:.2f} | {dense_ms / ms:.2f}x |", flush=True)
+
+
+def gpu_layer_table(repeats: int, tokens=(4096, 49152)) -> None:
+    """One fp16 Linear at a time: dense vs 2:4 through each of torch's semi-structured backends, and FFN widths a
+    slimmed layer may have (1229 = 40 % of 3072, not a multiple of 8) vs rounded ones (1232 = 8 x 154, 1216 and
+    1280 = 64 x 19 and 20)."""
+    if not torch.cuda.is_available():
+        return
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    print("| in x out | tokens | dense ms | 2:4 cuSPARSELt ms (vs dense) | 2:4 CUTLASS ms (vs dense) |")
+    print("|---|---|---|---|---|")
+    shapes = [(768, 3072), (3072, 768), (768, 1229), (768, 1232), (768, 1216), (768, 1280), (1229, 768),
+              (1232, 768), (1216, 768), (1280, 768)]
+    for count in tokens:
+        for in_features, out_features in shapes:
+            torch.manual_seed(0)
+            layer = nn.Linear(in_features, out_features).half().cuda().eval()
+            inputs = {"input": torch.randn(count, in_features, dtype=torch.float16, device="cuda")}
+            dense_ms = median_ms(layer, inputs, repeats, torch.cuda.synchronize)
+            cells = []
+            for force_cutlass in (False, True):
+                if in_features % 64 or out_features % 64:
+                    cells.append("—")
+                    continue
+                SparseSemiStructuredTensor._FORCE_CUTLASS = force_cutlass
+                sparse = nn.Linear(in_features, out_features).half().cuda().eval()
+                with torch.no_grad():
+                    sparse.weight.copy_(layer.weight * torch.tensor([0, 0, 1, 1], device="cuda").half().repeat(
+                        out_features, in_features // 4))
+                    sparse.weight = nn.Parameter(to_sparse_semi_structured(sparse.weight), requires_grad=False)
+                ms = median_ms(sparse, inputs, repeats, torch.cuda.synchronize)
+                cells.append(f"{ms:.3f} ({dense_ms / ms:.2f}x)")
+            SparseSemiStructuredTensor._FORCE_CUTLASS = False
+            print(f"| {in_features} x {out_features} | {count} | {dense_ms:.3f} | {cells[0]} | {cells[1]} |", flush=True)
 
 
 def main() -> None:
@@ -165,6 +206,7 @@ def main() -> None:
     if models:
         cpu_table(models, options.batches, options.seqs, options.repeats, options.compile)
     gpu_table(configs, options.batches, options.seqs, options.repeats)
+    gpu_layer_table(options.repeats)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ SCOPES = ("global", "local")
 DEFAULT_TARGET_SPARSITY = 0.8
 #: Fields that only shape scoring, ranking and scheduling, which pattern "lock" does not do: left at their defaults.
 LOCK_UNUSED_FIELDS = ("criterion", "momentum", "block_reduce", "schedule", "start_step", "end_step", "frequency",
-                      "scope", "min_sparsity_per_layer", "max_sparsity_per_layer", "calibration_batches")
+                      "scope", "min_sparsity_per_layer", "max_sparsity_per_layer", "calibration_batches",
+                      "keep_multiple_of")
 BLOCK_REDUCTIONS = ("mean", "sum")
 
 
@@ -77,6 +78,7 @@ class PruningConfig(JsonConfigMixin):
     groups: List[Dict[str, Any]] = field(default_factory=list)
     name: Optional[str] = None
     calibration_batches: int = 16
+    keep_multiple_of: int = 1  # head/channel: each layer keeps a multiple of this many units (GPU-friendly shapes)
 
     config_name: ClassVar[str] = CONFIG_NAME
     config_kind: ClassVar[str] = "pruning"
@@ -154,6 +156,12 @@ class PruningConfig(JsonConfigMixin):
         if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) \
                 or self.calibration_batches <= 0:
             raise ValueError(f"calibration_batches must be a positive integer, got {self.calibration_batches!r}")
+        if isinstance(self.keep_multiple_of, bool) or not isinstance(self.keep_multiple_of, int) \
+                or self.keep_multiple_of <= 0:
+            raise ValueError(f"keep_multiple_of must be a positive integer, got {self.keep_multiple_of!r}")
+        if self.keep_multiple_of > 1 and isinstance(self.pattern, str) and not get_pattern(self.pattern).structured:
+            raise ValueError(f"keep_multiple_of={self.keep_multiple_of} rounds the heads or channels a layer keeps; "
+                             f"pattern {self.pattern!r} removes no whole units (use 'head' or 'channel', or 1)")
         if self.name is not None and not isinstance(self.name, str):
             raise ValueError(f"name must be a string, got {self.name!r}")
 

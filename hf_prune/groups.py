@@ -139,3 +139,12 @@ def global_unit_counts(config: PruningConfig, sparsity: float, costs, orders, si
     chosen = owners[torch.sort(torch.cat(candidates), stable=True).indices[:extra]]
     taken = torch.bincount(chosen, minlength=len(names)).tolist()
     return {n: low[n] + taken[i] for i, n in enumerate(names)}
+
+
+def round_kept_units(num_units: int, pruned: int, multiple: int) -> int:
+    """Units to prune from a layer of ``num_units`` so that the number it keeps is the multiple of ``multiple``
+    nearest to ``num_units - pruned`` (at least one multiple, at most every unit): a slimmed matmul whose width is a
+    multiple of 8 (fp16 tensor cores) or 64 runs on fast GPU kernels, an odd width does not."""
+    kept = num_units - pruned
+    kept = min(num_units, max(multiple, multiple * round(kept / multiple)))
+    return num_units - kept

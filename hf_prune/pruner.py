@@ -25,8 +25,8 @@ from .architectures import StructuredBlock
 from .calibration import InputNorms, run_calibration
 from .config import PruningConfig
 from .criteria import get_criterion
-from .groups import (PruningGroup, global_unit_counts, oriented_shape, schedule_steps, select_modules,
-                     structured_blocks)
+from .groups import (PruningGroup, global_unit_counts, oriented_shape, round_kept_units, schedule_steps,
+                     select_modules, structured_blocks)
 from .launch_modes import check_launch_mode
 from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates
 from .modules import is_transposed, oriented, prunable_modules, task_head_names
@@ -34,7 +34,7 @@ from .patterns import get_pattern
 from .pruner_state import PRUNER_STATE_NAME, STATE_KEYS, read_config, read_state, write_state
 from .report import FROZEN, SparsityReport, sparsity_report
 from .schedules import PruningSchedule
-from .sharding import WeightShards, full_shape, local_gradient, local_shape, local_values, mask_local_
+from .sharding import WeightShards, full_shape, local_gradient, local_shape, local_values, mask_all_
 
 logger = logging.getLogger(__name__)
 
@@ -210,18 +210,24 @@ class Pruner:
                     updates.append((name, group.momentum, group.reduce(name, element)))
         if not updates:
             return
-        # one check for the whole step: a sum is inf/nan as soon as any of its terms is
-        if not bool(torch.isfinite(torch.stack([block.sum().to(updates[0][2].device) for _, _, block in updates]).sum())):
+        # one check for the whole step: a sum (the 1-norm of non-negative scores) is inf/nan as soon as any term is
+        device = updates[0][2].device
+        sums = torch._foreach_norm([block for _, _, block in updates], 1)
+        if not bool(torch.isfinite(torch.stack([total.to(device) for total in sums]).sum())):
             logger.warning("non-finite gradients: scores left unchanged this step")
             return
-        for name, momentum, block in updates:
-            score = self.scores[name]
-            if score.device != block.device:
-                score = self.scores[name] = score.to(block.device)
+        for name, _, block in updates:
+            if self.scores[name].device != block.device:
+                self.scores[name] = self.scores[name].to(block.device)
+        # one foreach call per momentum, not two kernels per layer: on a GPU the launches are the step's cost
+        for momentum in dict.fromkeys(momentum for _, momentum, _ in updates):
+            scores = [self.scores[name] for name, m, _ in updates if m == momentum]
+            blocks = [block for _, m, block in updates if m == momentum]
             if momentum == 0.0:
-                score.copy_(block)
+                torch._foreach_copy_(scores, blocks)
             else:
-                score.mul_(momentum).add_(block)
+                torch._foreach_mul_(scores, momentum)
+                torch._foreach_add_(scores, blocks)
 
     @torch.no_grad()
     def apply_masks(self) -> None:
@@ -229,8 +235,7 @@ class Pruner:
         if self.last_event_step is None and not any(group.pattern.locked for group in self.groups):
             return  # nothing pruned yet: all masks are ones
         for masks, attribute in ((self.masks, "weight"), (self.bias_masks, "bias")):
-            for name, mask in masks.items():
-                mask_local_(getattr(self.modules[name], attribute), mask)
+            mask_all_([getattr(self.modules[name], attribute) for name in masks], list(masks.values()))
 
     def step(self, global_step: int) -> bool:
         """Run the pruning events scheduled for ``global_step``; returns whether any group pruned."""
@@ -299,6 +304,9 @@ class Pruner:
             counts = {entry: min(max_units[entry], round(sparsity * sizes[entry] / per_unit)) for entry in costs}
         else:
             counts = global_unit_counts(group.config, sparsity, costs, orders, sizes, per_unit, max_units)
+        if group.config.keep_multiple_of > 1:  # structured only (checked by the config)
+            counts = {entry: round_kept_units(blocks[entry].num_units, count, group.config.keep_multiple_of)
+                      for entry, count in counts.items()}
         for entry, cost in costs.items():
             pruned = torch.zeros(cost.numel(), dtype=torch.bool, device=cost.device)
             pruned[orders[entry][: counts[entry]]] = True

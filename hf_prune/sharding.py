@@ -27,7 +27,7 @@ from torch import nn
 from .modules import is_transposed
 
 __all__ = ["RowShard", "WeightShards", "is_dtensor", "is_zero3", "full_shape", "local_tensor", "local_shape",
-           "local_values", "local_gradient", "mask_local_", "sum_over_shards"]
+           "local_values", "local_gradient", "mask_local_", "mask_all_", "sum_over_shards"]
 
 
 def is_dtensor(tensor) -> bool:
@@ -141,6 +141,20 @@ def mask_local_(param: torch.Tensor, mask: torch.Tensor) -> None:
             masked = master.detach().clone()
             masked.view(-1)[:valid].mul_(flat_mask.to(masked.device))
             safe_set_local_fp32_param(param, masked)
+
+
+def mask_all_(params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> None:
+    """:func:`mask_local_` of each pair; the plain tensors (not sharded, mask beside them) in one foreach call,
+    so masking a model costs a few kernel launches instead of one per layer (which, on a GPU, is the cost)."""
+    plain_params, plain_masks = [], []
+    for param, mask in zip(params, masks):
+        if is_dtensor(param) or is_zero3(param) or mask.device != param.device:
+            mask_local_(param, mask)
+        else:
+            plain_params.append(param)
+            plain_masks.append(mask)
+    if plain_params:
+        torch._foreach_mul_(plain_params, plain_masks)
 
 
 def _shard_group(tensor):

@@ -128,3 +128,31 @@ def test_structured_refusals():
         Pruner(tiny_bert_qa(), PruningConfig(pattern="head", end_step=1, include=["query"]))
     with pytest.raises(ValueError, match="found no FFN"):
         Pruner(tiny_bert_qa(), PruningConfig(pattern="channel", end_step=1, include=["attention"]))
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_keep_multiple_of_rounds_the_channels_each_layer_keeps_and_slim_gets_those_widths(scope):
+    from hf_prune import slim
+
+    model = tiny_bert_qa(intermediate_size=96, num_hidden_layers=3)
+    # 0.6 of 96 channels would keep 38.4: rounded to the nearest multiple of 16, every layer keeps 32 or 48
+    config = PruningConfig(target_sparsity=0.6, pattern="channel", criterion="magnitude", scope=scope, start_step=0,
+                           end_step=0, include=FFN, keep_multiple_of=16)
+    pruner = Pruner(model, config)
+    pruner.step(0)
+    kept = [int(pruner.masks[f"bert.encoder.layer.{i}.intermediate.dense"][:, 0].sum()) for i in range(3)]
+    assert all(count % 16 == 0 and 16 <= count <= 96 for count in kept), kept
+    if scope == "local":
+        assert kept == [32, 32, 32]   # nearest multiple of 16 to 38.4
+    assert pruner.sparsity() == pytest.approx(1 - sum(kept) / 288)  # the report states the rounded sparsity
+    slim(model)
+    assert [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer] == kept
+
+
+def test_keep_multiple_of_is_refused_where_no_units_are_removed():
+    with pytest.raises(ValueError, match=r"keep_multiple_of=8 rounds the heads or channels.*pattern '4x1'"):
+        PruningConfig(pattern="4x1", keep_multiple_of=8)
+    with pytest.raises(ValueError, match="keep_multiple_of must be a positive integer, got 0"):
+        PruningConfig(pattern="channel", keep_multiple_of=0)
+    config = PruningConfig(pattern="head", groups=[{"include": FFN, "pattern": "channel", "keep_multiple_of": 64}])
+    assert [group.keep_multiple_of for group in config.resolved_groups()] == [64, 1]
