@@ -12,6 +12,7 @@ only where CUDA exists and are printed as "not measured" otherwise.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import platform
@@ -47,7 +48,7 @@ def base_configs() -> Dict[str, BertConfig]:
 
 def build(config, variant: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = AutoModelForQuestionAnswering.from_config(config).eval()
+    model = AutoModelForQuestionAnswering.from_config(copy.deepcopy(config)).eval()  # slim rewrites model.config
     pruning = {
         "dense": None,
         "masked 4x1 @ 0.8": PruningConfig(target_sparsity=0.8, pattern="4x1", criterion="magnitude"),
