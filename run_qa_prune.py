@@ -16,13 +16,11 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable, List, NamedTuple, Optional
-from urllib.parse import urlparse
 
 import datasets
 import transformers
@@ -40,6 +38,7 @@ from transformers import (
 )
 
 from hf_prune import PruningConfig, PruningTrainerCallback, add_pruning_callback, from_pretrained, slim, sparsity_report
+from hf_prune import hub_loading
 from hf_prune.config_io import load_yaml
 from hf_prune.distillation import DistillationConfig, saved_form
 from hf_prune.export import save_pruning_artifacts, write_model_card
@@ -280,50 +279,22 @@ def build_distillation_settings(distill_args: DistillationArguments, recipe: dic
 
 
 # ---- model and data -------------------------------------------------------------------------------------------
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connection to the Hub endpoint: seconds instead of a minute of client retries when offline."""
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def looks_local(name: str) -> bool:
-    """A path the user meant as a folder (``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``), not a Hub id (``org/name``)."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-
-
-def from_hub_or_local(what: str, name: str, load):
-    """Run ``load()``. A local path must exist; a Hub id needs the Hub: when it is unreachable (and
-    ``HF_HUB_OFFLINE`` does not ask for the local cache), or loading fails, stop with one sentence."""
-    if not os.path.exists(name) and looks_local(name):
-        raise ValueError(f"{what} folder {name!r} does not exist")
-    if not os.path.exists(name) and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
-        raise SystemExit(f"error: the Hugging Face Hub is unreachable, so {what} {name!r} cannot be downloaded; "
-                         f"offline, {OFFLINE_HINT} (or set HF_HUB_OFFLINE=1 to use the local cache).")
-    try:
-        return load()
-    except Exception as err:  # the Hub client raises many types when offline; a local path re-raises as is
-        if os.path.exists(name):
-            raise
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SystemExit(f"error: could not load {what} {name!r} from the Hugging Face Hub "
-                         f"(is it unreachable? {first_line[:160]}); offline, {OFFLINE_HINT}.") from None
+def from_hub(what: str, name: str, load):
+    """:func:`hf_prune.hub_loading.from_hub_or_local`, whose offline message names this script's local flags."""
+    return hub_loading.from_hub_or_local(what, name, load, OFFLINE_HINT)
 
 
 def load_model_and_tokenizer(model_args: ModelArguments):
     hub = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
                trust_remote_code=model_args.trust_remote_code)
     name = model_args.model_name_or_path
-    config = from_hub_or_local("model config", model_args.config_name or name,
+    config = from_hub("model config", model_args.config_name or name,
                                lambda: load_config(model_args.config_name or name, **hub))  # slim folders too
-    tokenizer = from_hub_or_local("tokenizer", model_args.tokenizer_name or name, lambda: AutoTokenizer.from_pretrained(
+    tokenizer = from_hub("tokenizer", model_args.tokenizer_name or name, lambda: AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or name, use_fast=True, **hub))
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise ValueError(f"{name}: this script needs a fast tokenizer (offset mappings); got {type(tokenizer).__name__}")
-    model = from_hub_or_local("model", name, lambda: from_pretrained(  # slim models too
+    model = from_hub("model", name, lambda: from_pretrained(  # slim models too
         name, auto_class=AutoModelForQuestionAnswering, config=config, **hub))
     return tokenizer, model
 
@@ -335,7 +306,7 @@ def load_raw_datasets(data_args: DataTrainingArguments, cache_dir: Optional[str]
     dataset_name = data_args.dataset_name or (None if any(files.values()) else "squad")
     if dataset_name is None:
         return load_qa_datasets(None, None, files, data_args.version_2_with_negative)
-    return from_hub_or_local("dataset", dataset_name, lambda: load_qa_datasets(
+    return from_hub("dataset", dataset_name, lambda: load_qa_datasets(
         dataset_name, data_args.dataset_config_name, {}, data_args.version_2_with_negative, cache_dir))
 
 
@@ -401,10 +372,10 @@ def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_co
     if distillation is None:
         trainer = QuestionAnsweringTrainer(**common)
     else:
-        teacher = from_hub_or_local("teacher model", teacher_name, lambda: from_pretrained(
+        teacher = from_hub("teacher model", teacher_name, lambda: from_pretrained(
             teacher_name, auto_class=AutoModelForQuestionAnswering, cache_dir=model_args.cache_dir,
             token=model_args.token))
-        teacher_tokenizer = from_hub_or_local("teacher tokenizer", teacher_name, lambda: AutoTokenizer.from_pretrained(
+        teacher_tokenizer = from_hub("teacher tokenizer", teacher_name, lambda: AutoTokenizer.from_pretrained(
             teacher_name, cache_dir=model_args.cache_dir, token=model_args.token))  # checked against the student's
         trainer = QuestionAnsweringDistillationTrainer(teacher_model=teacher, teacher_processing_class=teacher_tokenizer,
                                                        distillation_config=DistillationConfig(**distillation), **common)
@@ -439,7 +410,7 @@ def main(argv: Optional[List[str]] = None,
     if not training_args.do_train and not prune_args.slim:
         pruning_config = None  # an evaluation applies no pruning: nothing of the recipe's describes this model
     distillation = build_distillation_settings(distill_args, parsed.recipe) if training_args.do_train else None
-    if training_args.push_to_hub and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
+    if training_args.push_to_hub and not os.environ.get("HF_HUB_OFFLINE") and not hub_loading.hub_reachable():
         raise SystemExit("error: --push_to_hub needs the Hugging Face Hub, which is unreachable from here; drop "
                          "--push_to_hub and upload the output folder later.")
     logger.info("recipe: %s; pruning: %s; distillation: %s", parsed.recipe_path, pruning_config, distillation)

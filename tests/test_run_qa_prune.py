@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForQuestionAnswering
 
 import run_qa_prune
-from hf_prune import PruningConfig, from_pretrained
+from hf_prune import PruningConfig, from_pretrained, hub_loading
 from tests.conftest import requires_shared
 from tests.qa.helpers import squad_flat_jsonl, squad_nested, tiny_model_folder
 
@@ -165,7 +165,7 @@ def test_unknown_recipe_key_names_key_and_file(workspace, tmp_path):
 
 
 def test_hub_unreachable_is_one_sentence(monkeypatch, tmp_path, workspace):
-    monkeypatch.setattr(run_qa_prune, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub_loading, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(SystemExit, match="Hugging Face Hub is unreachable.*--train_file/--validation_file"):
         _run({**workspace, "model": "someone/not-local"}, tmp_path / "out", "--do_train", "--do_prune", "False")

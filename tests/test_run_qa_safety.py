@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import run_qa_prune
-from hf_prune import PruningTrainerCallback
+from hf_prune import PruningTrainerCallback, hub_loading
 from tests.test_run_qa_prune import FAST, workspace  # noqa: F401 (the shared tiny model and SQuAD files)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -236,7 +236,7 @@ def test_local_path_typo_says_the_folder_does_not_exist(files, tmp_path):
 
 
 def test_push_to_hub_offline_is_one_sentence_and_do_prune_is_a_flag(files, tmp_path, monkeypatch):
-    monkeypatch.setattr(run_qa_prune, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub_loading, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(SystemExit, match="--push_to_hub needs the Hugging Face Hub"):
         run_qa_prune.main(_argv(files, tmp_path / "out", "--do_train", "--push_to_hub"))
