@@ -121,6 +121,8 @@ class PruningArguments:
     pruning_scope: Optional[str] = field(default=None, metadata={"help": "global | local."})
     prune_include: Optional[List[str]] = field(default=None, metadata={"help": "Regexes of module names to prune."})
     prune_exclude: Optional[List[str]] = field(default=None, metadata={"help": "Regexes of module names to keep dense."})
+    pruning_keep_multiple_of: Optional[int] = field(default=None, metadata={
+        "help": "head/channel: each layer keeps a multiple of this many units (8 or 64 suit GPU kernels)."})
     slim: bool = field(default=False, metadata={
         "help": "After training, remove pruned attention heads and FFN channels for real (patterns 'head'/'channel') "
                 "and save the smaller model; load it again with hf_prune.from_pretrained."})
@@ -166,7 +168,7 @@ class ParsedArguments(NamedTuple):
 PRUNING_FLAGS = {"target_sparsity": "target_sparsity", "pruning_pattern": "pattern", "pruning_criterion": "criterion",
                  "pruning_schedule": "schedule", "pruning_start_step": "start_step", "pruning_end_step": "end_step",
                  "pruning_frequency": "frequency", "pruning_scope": "scope", "prune_include": "include",
-                 "prune_exclude": "exclude"}
+                 "prune_exclude": "exclude", "pruning_keep_multiple_of": "keep_multiple_of"}
 DISTILL_FLAGS = {"distill_method": "method", "distill_temperature": "temperature",
                  "distill_loss_weight": "distill_loss_weight", "hard_label_weight": "hard_label_weight",
                  "feature_weight": "feature_weight", "hidden_state_weight": "hidden_state_weight",

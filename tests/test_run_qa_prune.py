@@ -133,6 +133,14 @@ def test_default_recipe_and_output_dir_for_known_model():
     assert (config.pattern, config.target_sparsity) == ("4x1", 0.8)
 
 
+def test_keep_multiple_of_flag_reaches_the_slim_recipes_channel_group():
+    parsed = run_qa_prune.parse_arguments(["--model_name_or_path", "all-MiniLM-L6-v2", "--recipe", "slim.yaml",
+                                           "--pruning_keep_multiple_of", "8"])
+    config = run_qa_prune.build_pruning_config(parsed.pruning, parsed.recipe, parsed.recipe_path, parsed.given)
+    assert [(group.pattern, group.keep_multiple_of) for group in config.resolved_groups()] == [("channel", 8),
+                                                                                               ("head", 8)]
+
+
 @pytest.mark.parametrize("argv_extra,message", [
     (["--recipe", "no-such-recipe.yaml"], "recipe 'no-such-recipe.yaml' not found"),
     (["--do_prune", "False", "--target_sparsity", "0.5"], "--do_prune False conflicts with pruning flags"),
