@@ -291,7 +291,7 @@ def load_model_and_tokenizer(model_args: ModelArguments):
                trust_remote_code=model_args.trust_remote_code)
     name = model_args.model_name_or_path
     config = from_hub("model config", model_args.config_name or name,
-                               lambda: load_config(model_args.config_name or name, **hub))  # slim folders too
+                      lambda: load_config(model_args.config_name or name, **hub))  # slim folders too
     tokenizer = from_hub("tokenizer", model_args.tokenizer_name or name, lambda: AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or name, use_fast=True, **hub))
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
