@@ -58,8 +58,9 @@ class Run:
 _WSD = ("--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs",
         '{"num_stable_steps": 317, "num_decay_steps": 157, "decay_type": "linear"}')
 
-#: the schedule every run before hf-4x1-kd-wsd used (10 % warm-up, linear decay): 4x1.yaml holds the wsd shape since
-#: its seed repeat, so the earlier 4x1 runs (and INC's arm, whose method stays unchanged) name the old one
+#: the schedule every run before hf-4x1-kd-wsd used (10 % warm-up, linear decay): 4x1.yaml, 2-4.yaml and slim.yaml
+#: hold the wsd shape since their seed repeats, so the earlier runs (and INC's arm, whose method stays unchanged)
+#: name the old one
 _LINEAR = ("--lr_scheduler_type", "linear", "--lr_scheduler_kwargs", "{}")
 
 RUNS = {
@@ -72,7 +73,7 @@ RUNS = {
     "inc-2-4-kd": Run("2-4.yaml", pruner="inc", extra=("--pruning_scope", "global", *_LINEAR)),
     "hf-4x1-simkd": Run("4x1.yaml", extra=("--distill_method", "reused_classifier", *_LINEAR)),
     "hf-4x1-nokd": Run("4x1.yaml", teacher=None, extra=_LINEAR),
-    "hf-slim-kd": Run("slim.yaml"),
+    "hf-slim-kd": Run("slim.yaml", extra=_LINEAR),
     # hf_prune with INC's default schedule shape (exp): how much of the difference to INC is the schedule
     "hf-4x1-kd-exp": Run("4x1.yaml", extra=("--pruning_schedule", "exp", *_LINEAR)),
     # 2:4 with local scope: every layer becomes 2:4 at the same pace (with global ranking, every layer must still
