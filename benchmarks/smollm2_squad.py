@@ -75,7 +75,11 @@ RUNS = {
     "slim-check": "slim.yaml",
 }
 #: runs that change the recipe's training arguments (named before they ran)
+#: the SFT rate and linear decay 2-4.yaml held before its seed repeat; the runs made with it name it, so they reproduce
+_SFT_RATE = dict(learning_rate=5e-5, lr_scheduler_type="linear", lr_scheduler_kwargs={})
 RUN_ARGUMENTS = {
+    "wanda-2-4-kd": _SFT_RATE,
+    "lora-2-4": _SFT_RATE,
     # wanda-2-4-kd ended with its losses still falling (KD 2.15 -> 1.85 -> 1.70 over the last 75 steps) as the
     # learning rate reached 0: a 4x higher rate held until the last 30 steps, then decayed linearly
     "wanda-2-4-kd-lr4x": dict(learning_rate=2e-4, lr_scheduler_type="warmup_stable_decay",
