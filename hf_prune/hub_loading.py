@@ -27,7 +27,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def looks_local(name: str) -> bool:
-    """A path the user meant as a folder (``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``), not a Hub id (``org/name``)."""
+    """A path the user meant as a folder (``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``), not a Hub id
+    (``org/name``)."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 

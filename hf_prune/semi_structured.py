@@ -1,11 +1,11 @@
 """2:4 export: turn 2:4-masked Linear weights into ``torch.sparse`` semi-structured tensors (sparse tensor cores).
 
 Only NVIDIA GPUs with sparse tensor cores (Ampere and newer) can run these faster, only in fp16/bf16 (or int8), and
-only for weights whose shape meets the kernel's tiling rules. Measured on an H200 with torch 2.11 they are 4-11x
-*slower* than dense (cuSPARSELt costs about 1 ms a call; the CUTLASS backend runs on compute capability 8.x only;
-benchmarks/RESULTS.md): time the converted model on the target GPU before deploying it. Everything else stays dense, and the report says
+only for weights whose shape meets the kernel's tiling rules. Everything else stays dense, and the report says
 which layer and why. On a CPU there is nothing to gain: :func:`to_semi_structured` refuses, and
-:func:`semi_structured_plan` still tells which layers would convert.
+:func:`semi_structured_plan` still tells which layers would convert. Measured on an H200 with torch 2.11 the
+converted layers are 4-11x *slower* than dense (cuSPARSELt costs about 1 ms a call; the CUTLASS backend runs on
+compute capability 8.x only; benchmarks/RESULTS.md): time the converted model on the target GPU before deploying.
 """
 from __future__ import annotations
 
