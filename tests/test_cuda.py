@@ -10,6 +10,7 @@ from transformers import Trainer
 from hf_prune import Pruner, PruningConfig, PruningTrainerCallback, from_pretrained, to_semi_structured
 from tests.conftest import QADataset, best_at_evaluation, tiny_bert_qa
 from tests.test_callback import _args
+from tests.test_trainer_features import BEST, _measured
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none here")
 
@@ -31,11 +32,6 @@ class _CheckEveryStep(PruningTrainerCallback):
         self.checked_steps.append(state.global_step)
 
 
-def _zeros_of_pruned_layers(model, names) -> float:
-    zeros = sum(int((model.get_submodule(n).weight == 0).sum()) for n in names)
-    return zeros / sum(model.get_submodule(n).weight.numel() for n in names)
-
-
 @pytest.mark.parametrize("pattern, sparsity", [("4x1", 0.8), ("2:4", 0.5)])
 def test_bf16_gradient_criterion_masks_hold_and_the_reloaded_model_matches_its_report(tmp_path, pattern, sparsity):
     config = PruningConfig(target_sparsity=sparsity, pattern=pattern, criterion="snip_momentum", start_step=2,
@@ -49,7 +45,7 @@ def test_bf16_gradient_criterion_masks_hold_and_the_reloaded_model_matches_its_r
     assert all(score.device.type == "cuda" for score in callback.pruner.scores.values())
     trainer.save_model()
     reloaded = from_pretrained(str(tmp_path))
-    measured = _zeros_of_pruned_layers(reloaded, callback.pruner.masks)
+    measured = _measured(reloaded, callback.pruner.masks)
     assert measured == pytest.approx(sparsity, abs=0.01)
     report = json.loads((tmp_path / "sparsity_report.json").read_text())
     assert report["sparsity_pruned_layers"] == pytest.approx(measured, abs=1e-6)
@@ -60,12 +56,10 @@ def test_load_best_model_at_end_on_gpu_returns_the_best_checkpoints_masks(tmp_pa
     callback = PruningTrainerCallback(config)
     trainer = Trainer(model=tiny_bert_qa(seed=3), train_dataset=QADataset(96), eval_dataset=QADataset(16, seed=1),
                       compute_metrics=best_at_evaluation(2), callbacks=[callback],
-                      args=_args(tmp_path, use_cpu=False, eval_strategy="steps", eval_steps=2, save_strategy="steps",
-                                 save_steps=2, load_best_model_at_end=True, metric_for_best_model="score",
-                                 greater_is_better=True, max_steps=12))
+                      args=_args(tmp_path, use_cpu=False, **BEST))
     trainer.train()
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-4")
-    measured = _zeros_of_pruned_layers(trainer.model, callback.pruner.masks)
+    measured = _measured(trainer.model, callback.pruner.masks)
     assert measured < 0.7 and callback.pruner.sparsity() == pytest.approx(measured)
     for name, mask in callback.pruner.masks.items():
         assert mask.device.type == "cuda"
