@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from hf_prune import Pruner, PruningConfig
+from hf_prune import Pruner, PruningConfig, slim
 from tests.conftest import ToyMLP, tiny_bert_qa
 
 FFN = [r"intermediate\.dense", r"layer\.\d+\.output\.dense"]
@@ -132,8 +132,6 @@ def test_structured_refusals():
 
 @pytest.mark.parametrize("scope", ["local", "global"])
 def test_keep_multiple_of_rounds_the_channels_each_layer_keeps_and_slim_gets_those_widths(scope):
-    from hf_prune import slim
-
     model = tiny_bert_qa(intermediate_size=96, num_hidden_layers=3)
     # 0.6 of 96 channels would keep 38.4: rounded to the nearest multiple of 16, every layer keeps 32 or 48
     config = PruningConfig(target_sparsity=0.6, pattern="channel", criterion="magnitude", scope=scope, start_step=0,
