@@ -11,6 +11,15 @@ defaults otherwise. Start with ``dense`` (the teacher, and the student's startin
     python benchmarks/squad_accuracy.py --table                     # markdown rows of every finished run
     python benchmarks/squad_accuracy.py --write-results             # ...written into benchmarks/RESULTS.md
 
+The seed's budget on a GPU (issue 30): the ``gpu-*`` runs take ``--epochs`` and ``--batch``, and every step count
+of their recipe (pruning start, end and frequency, the learning rate's decay) is rescaled to that budget, so one
+recipe describes the one-epoch CPU run and the ten-epoch GPU run alike. ``benchmarks/squad_gpu_budget.py`` runs
+them all on one GPU::
+
+    python benchmarks/squad_accuracy.py gpu-dense --epochs 10 --batch 32
+    python benchmarks/squad_accuracy.py gpu-4x1-kd --epochs 10 --batch 32
+    python benchmarks/squad_accuracy.py --gpu-table                 # markdown rows of the finished gpu-* runs
+
 A run writes ``benchmarks/runs/<name>/`` (the run_qa_prune output folder) and, only when it finishes,
 ``benchmark.json`` there: an interrupted run leaves no row. Arguments after ``--`` go to run_qa_prune (e.g.
 ``-- --max_steps 3 --max_eval_samples 20`` for a smoke check); such runs go to ``benchmarks/runs/smoke/``.
@@ -18,8 +27,10 @@ A run writes ``benchmarks/runs/<name>/`` (the run_qa_prune output folder) and, o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -51,6 +62,8 @@ class Run:
     teacher: Optional[str] = DENSE
     pruner: str = "hf_prune"          # "inc": INC 3.7.1's pruner; "none": dense fine-tuning
     extra: Tuple[str, ...] = field(default_factory=tuple)
+    scaled: bool = False              # the recipe's step counts rescaled to --epochs / --batch (the gpu-* runs)
+    ffn_keep_multiple_of: Optional[int] = None  # slim: the FFN group keeps a multiple of this many channels per layer
 
 
 #: learning rate held at its peak through the pruning window (53 warm-up + 317 stable steps, to the last event at
@@ -108,10 +121,83 @@ RUNS = {
     "hf-slim-kd-wsd-seed43": Run("slim.yaml", extra=(*_WSD, "--seed", "43")),
 }
 
+# ---- the seed's budget on a GPU (issue 30) ---------------------------------------------------------------------
+#: training windows of train.json at seq 256 / stride 128 (a constant of the data: 527 steps of 16); a scaled run
+#: checks its step count against the one derived from it
+TRAIN_WINDOWS = 8418
+#: the one-epoch recipes' step counts (batch 16, 527 steps) that a scaled run stretches to its own budget
+RECIPE_STEPS, RECIPE_START, RECIPE_END, RECIPE_FREQUENCY = 527, 50, 370, 20
+GPU_DENSE = os.path.join(RUNS_DIR, "gpu-dense")
+RUNS.update({
+    # the teacher: dense fine-tuning from the pretrained model for the whole budget, scored after every epoch
+    "gpu-dense": Run("dense.yaml", student=MINILM, teacher=None, pruner="none", scaled=True,
+                     extra=("--eval_strategy", "epoch")),
+    # from the teacher, distilled from it, the same budget: without pruning, then each pruned recipe
+    "gpu-dense-continued": Run("4x1.yaml", student=GPU_DENSE, teacher=GPU_DENSE, pruner="none", scaled=True),
+    "gpu-4x1-kd": Run("4x1.yaml", student=GPU_DENSE, teacher=GPU_DENSE, scaled=True),
+    "gpu-2-4-kd": Run("2-4.yaml", student=GPU_DENSE, teacher=GPU_DENSE, scaled=True),
+    # slim.yaml with the FFN widths kept at multiples of 64 (GPU kernels; RESULTS "Slimming needs aligned widths")
+    "gpu-slim-kd": Run("slim.yaml", student=GPU_DENSE, teacher=GPU_DENSE, scaled=True, ffn_keep_multiple_of=64),
+})
 
-def run_arguments(name: str, run: Run, output_dir: str, passthrough: List[str]) -> List[str]:
-    argv = ["--model_name_or_path", run.student, "--recipe", os.path.join(RECIPES, run.recipe),
+
+@dataclass(frozen=True)
+class Budget:
+    """A scaled run's length: ``epochs`` over train.json in batches of ``batch``."""
+    epochs: int
+    batch: int
+    windows: int = TRAIN_WINDOWS  # training windows per epoch (a smoke run on a subset gives its own count)
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.windows / self.batch) * self.epochs
+
+    def arguments(self, run: Run) -> List[str]:
+        """The flags that stretch the recipe's one-epoch step counts to this budget: the same fractions of training
+        (pruning from 9.5 % to 70 % of the steps in 16 events, then the learning rate's linear decay)."""
+        argv = ["--num_train_epochs", str(self.epochs), "--per_device_train_batch_size", str(self.batch)]
+        if run.recipe == "dense.yaml":
+            return argv  # 10 % warm-up, linear decay: fractions already
+        scale = self.steps / RECIPE_STEPS
+        end = round(RECIPE_END * scale)
+        argv += ["--lr_scheduler_kwargs", json.dumps({"num_decay_steps": self.steps - end, "decay_type": "linear"})]
+        if run.pruner != "none":
+            argv += ["--pruning_start_step", str(round(RECIPE_START * scale)), "--pruning_end_step", str(end),
+                     "--pruning_frequency", str(max(1, round(RECIPE_FREQUENCY * scale)))]
+        return argv
+
+
+def derived_recipe(run: Run, output_dir: str) -> str:
+    """The run's recipe path; with ``ffn_keep_multiple_of``, a copy whose FFN group carries it, written beside
+    the run's output (the recipe file itself stays as it is)."""
+    path = os.path.join(RECIPES, run.recipe)
+    if run.ffn_keep_multiple_of is None:
+        return path
+    import yaml
+    from hf_prune.config_io import load_yaml
+
+    recipe = load_yaml(path)
+    groups = [group for group in recipe["pruning"].get("groups") or [] if group.get("name") == "ffn"]
+    if len(groups) != 1:
+        raise ValueError(f"{path}: ffn_keep_multiple_of needs exactly one pruning group named 'ffn'")
+    groups[0]["keep_multiple_of"] = run.ffn_keep_multiple_of
+    os.makedirs(os.path.dirname(output_dir.rstrip("/")) or ".", exist_ok=True)
+    derived = output_dir.rstrip("/") + ".recipe.yaml"
+    with open(derived, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(recipe, handle, sort_keys=False)
+    return derived
+
+
+def run_arguments(name: str, run: Run, output_dir: str, passthrough: List[str],
+                  budget: Optional[Budget] = None) -> List[str]:
+    argv = ["--model_name_or_path", run.student, "--recipe", derived_recipe(run, output_dir),
             "--output_dir", output_dir, "--overwrite_output_dir", *run.extra]  # a rerun replaces the run
+    if run.scaled:
+        if budget is None:
+            raise SystemExit(f"run {name!r} is scaled to a budget: give --epochs and --batch")
+        argv += budget.arguments(run)
+    elif budget is not None:
+        raise SystemExit(f"run {name!r} has the recipe's fixed one-epoch budget: --epochs/--batch are for gpu-* runs")
     if run.teacher:
         argv += ["--teacher_model_name_or_path", run.teacher]
     if run.pruner == "none":
@@ -126,14 +212,20 @@ def commit() -> str:
     return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def execute(name: str, passthrough: List[str]) -> dict:
+def execute(name: str, passthrough: List[str], budget: Optional[Budget] = None) -> dict:
     import run_qa_prune
 
     run = RUNS[name]
-    if run.student == DENSE and not os.path.isfile(os.path.join(DENSE, "model.safetensors")):
-        raise SystemExit(f"run {name!r} starts from (and distils from) the dense run: run 'dense' first")
+    if passthrough:  # a smoke run starts from (and distils from) the smoke run of its teacher
+        smoke = {path: os.path.join(RUNS_DIR, "smoke", os.path.basename(path)) for path in (DENSE, GPU_DENSE)}
+        run = dataclasses.replace(run, student=smoke.get(run.student, run.student),
+                                  teacher=smoke.get(run.teacher, run.teacher))
+    for start in (DENSE, GPU_DENSE, *(os.path.join(RUNS_DIR, "smoke", os.path.basename(p)) for p in (DENSE, GPU_DENSE))):
+        if run.student == start and not os.path.isfile(os.path.join(start, "model.safetensors")):
+            raise SystemExit(f"run {name!r} starts from (and distils from) {start}: run "
+                             f"{os.path.basename(start)!r} first")
     output_dir = os.path.join(RUNS_DIR, "smoke" if passthrough else "", name)
-    argv = run_arguments(name, run, output_dir, passthrough)
+    argv = run_arguments(name, run, output_dir, passthrough, budget)
     make_callback = run_qa_prune.PruningTrainerCallback
     inc_callbacks = []
     if run.pruner == "inc":
@@ -162,20 +254,62 @@ def execute(name: str, passthrough: List[str]) -> dict:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "command": " ".join(["python", "benchmarks/squad_accuracy.py", name] + (["--", *passthrough] if passthrough else [])),
         "run_qa_prune_arguments": argv, "commit": started_at, "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"transformers {transformers.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   + (f"{torch.cuda.get_device_name()}, " if torch.cuda.is_available() else "")
+                   + f"torch {torch.__version__}, transformers {transformers.__version__}",
     }
+    if budget is not None:
+        state = _trainer_state(output_dir)
+        row.update(epochs=budget.epochs, batch=budget.batch, steps=state.get("global_step"),
+                   eval_f1_per_epoch=[entry["eval_f1"] for entry in state.get("log_history", [])
+                                      if "eval_f1" in entry][:budget.epochs])  # the final score repeats the last
+        if row["steps"] != budget.steps and not passthrough:
+            raise SystemExit(f"run {name!r} took {row['steps']} steps, but its schedule was scaled to {budget.steps} "
+                             f"({budget.windows} windows): the rescaled step counts do not describe it")
     with open(os.path.join(output_dir, ROW_NAME), "w", encoding="utf-8") as handle:
         json.dump(row, handle, indent=2)
         handle.write("\n")
     return row
 
 
+def _trainer_state(output_dir: str) -> dict:
+    path = os.path.join(output_dir, "trainer_state.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def gpu_table() -> str:
+    """Markdown rows of the finished gpu-* runs: F1/EM, and each pruned run's relative F1 change against
+    ``gpu-dense-continued`` and against the teacher ``gpu-dense``."""
+    rows = {}
+    for name in (n for n in RUNS if n.startswith("gpu-")):
+        path = os.path.join(RUNS_DIR, name, ROW_NAME)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                rows[name] = json.load(handle)
+
+    def relative(name: str, reference: str) -> str:
+        if reference not in rows or name == reference or RUNS[name].pruner == "none" and reference != "gpu-dense":
+            return "—"
+        return f"{100 * (rows[name]['f1'] / rows[reference]['f1'] - 1):+.2f} %"
+
+    lines = ["| run | pattern | sparsity (pruned layers) | EM | F1 | vs dense-continued | vs teacher | epochs | batch | "
+             "steps | train s | commit | date |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| `{name}` | {row['pattern']} | {row['sparsity_pruned_layers']:.4f} | {row['exact_match']:.2f} | "
+                     f"{row['f1']:.2f} | {relative(name, 'gpu-dense-continued')} | {relative(name, 'gpu-dense')} | "
+                     f"{row['epochs']} | {row['batch']} | {row['steps']} | {row['train_seconds']:.0f} | "
+                     f"{row['commit']} | {row['date']} |")
+    return "\n".join(lines)
+
+
 def table(names: List[str]) -> str:
     """Markdown rows of the finished runs, with delta F1 to the dense run, then a line naming the runs that have
     not finished (they have no row)."""
     rows = {}
-    for name in names:
+    for name in (n for n in names if not RUNS[n].scaled):
         path = os.path.join(RUNS_DIR, name, ROW_NAME)
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as handle:
@@ -197,7 +331,7 @@ def table(names: List[str]) -> str:
             f"{delta(name, 'dense-continued')} | "
             f"{row['wall_seconds'] / 60:.1f} min | {row['seconds_per_step']:.2f} | {row['peak_rss_mib'] / 1024:.1f} GiB | "
             f"{row['commit']} | {row['date']} |")
-    unfinished = [name for name in names if name not in rows]
+    unfinished = [name for name in names if name not in rows and not RUNS[name].scaled]
     if unfinished:
         lines += ["", "Not finished (no row until a run completes): " + ", ".join(f"`{n}`" for n in unfinished) + "."]
     return "\n".join(lines)
@@ -229,6 +363,11 @@ def main() -> None:
     parser.add_argument("run", nargs="?", choices=sorted(RUNS), help="which run")
     parser.add_argument("--table", action="store_true", help="print the markdown table of finished runs")
     parser.add_argument("--write-results", action="store_true", help=f"write that table into {RESULTS}")
+    parser.add_argument("--gpu-table", action="store_true", help="print the markdown table of finished gpu-* runs")
+    parser.add_argument("--epochs", type=int, help="gpu-* runs: epochs over train.json")
+    parser.add_argument("--batch", type=int, help="gpu-* runs: training batch size")
+    parser.add_argument("--windows", type=int, default=TRAIN_WINDOWS,
+                        help="gpu-* runs: training windows per epoch (only for smoke runs on a subset)")
     argv = sys.argv[1:]
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -237,8 +376,14 @@ def main() -> None:
         print(table(list(RUNS)))
     elif options.write_results:
         write_results(list(RUNS))
+    elif options.gpu_table:
+        print(gpu_table())
     elif options.run:
-        print(json.dumps(execute(options.run, passthrough), indent=2))
+        if (options.epochs is None) != (options.batch is None) or (options.epochs or 1) < 1 or (options.batch or 1) < 1:
+            parser.error(f"--epochs and --batch go together, each a positive integer (got {options.epochs}, "
+                         f"{options.batch})")
+        budget = Budget(options.epochs, options.batch, options.windows) if options.epochs else None
+        print(json.dumps(execute(options.run, passthrough, budget), indent=2))
     else:
         parser.error("name a run or give --table")
 
