@@ -5,6 +5,7 @@ Every path works offline; ``--dataset_name`` goes through ``datasets.load_datase
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -106,7 +107,21 @@ def load_squad_file(path: str, allow_no_answer: bool = False) -> datasets.Datase
         "answers": {"text": datasets.Sequence(datasets.Value("string")),
                     "answer_start": datasets.Sequence(datasets.Value("int32"))},
     })
-    return datasets.Dataset.from_list(records, features=features)
+    columns = {name: [record[name] for record in records] for name in features}
+    table = datasets.table.InMemoryTable.from_pydict(features.encode_batch(columns), schema=features.arrow_schema)
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features),
+                            fingerprint=_file_fingerprint(path, allow_no_answer))
+
+
+def _file_fingerprint(path: str, allow_no_answer: bool) -> str:
+    """The split's cache key, from the file's bytes: stable across processes (so tokenized features are reused)
+    and cheap, where ``datasets`` would otherwise pickle every record to hash them (a pass that also fails on some
+    Python/pyarrow pairs, seen with Python 3.12.3 and pyarrow 26)."""
+    digest = hashlib.sha256(f"hf_prune squad v1 allow_no_answer={allow_no_answer}\n".encode())
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def load_qa_datasets(dataset_name: Optional[str], dataset_config_name: Optional[str],
