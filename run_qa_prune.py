@@ -13,6 +13,7 @@ The same flags as transformers' ``examples/pytorch/question-answering/run_qa.py`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -43,8 +44,10 @@ from hf_prune.config_io import load_yaml
 from hf_prune.distillation import DistillationConfig, saved_form
 from hf_prune.export import save_pruning_artifacts, write_model_card
 from hf_prune.recipe import load_recipe as check_recipe
-from hf_prune.run_outputs import prepare_output_dir, publish, save_metrics, staging_dir
+from hf_prune.run_outputs import (check_evaluation_output, check_output_location, mark_checkpoint, prepare_output_dir,
+                                  publish, save_metrics, staging_dir)
 from hf_prune.slimming import load_config
+from hf_prune.value_checks import finite
 from hf_prune.patterns import get_pattern
 from hf_prune.qa import (
     QuestionAnsweringDistillationTrainer,
@@ -246,6 +249,36 @@ def parse_arguments(argv: List[str]) -> ParsedArguments:
     return ParsedArguments(*parsed, recipe_path, recipe, given | frozenset(recipe.get("arguments") or {}))
 
 
+#: ranges of the numeric flags, beyond being finite (every float flag is): (minimum, maximum, minimum excluded,
+#: maximum excluded); a None bound is open. ``max_*_samples`` are checked when given.
+FLAG_RANGES = {
+    "max_seq_length": (1, None, False, False), "doc_stride": (0, None, False, False),
+    "n_best_size": (1, None, False, False), "max_answer_length": (1, None, False, False),
+    "max_train_samples": (1, None, False, False), "max_eval_samples": (1, None, False, False),
+    "max_predict_samples": (1, None, False, False), "weight_decay": (0, None, False, False),
+    "label_smoothing_factor": (0, 1, False, True), "learning_rate": (0, None, False, False),
+    "max_grad_norm": (0, None, False, False), "adam_beta1": (0, 1, False, True), "adam_beta2": (0, 1, False, True),
+    "adam_epsilon": (0, None, False, False), "warmup_steps": (0, None, False, False),
+    "num_train_epochs": (0, None, True, False),
+    "distill_temperature": (0, None, True, False), "distill_loss_weight": (0, None, False, False),
+    "hard_label_weight": (0, None, False, False), "feature_weight": (0, None, False, False),
+    "hidden_state_weight": (0, None, False, False), "attention_weight": (0, None, False, False),
+}
+
+
+def check_numeric_arguments(parsed: "ParsedArguments") -> None:
+    """Every float flag finite and every flag of :data:`FLAG_RANGES` in its range, before anything is loaded:
+    ``--weight_decay nan`` would otherwise turn every weight into NaN and still exit 0."""
+    for arguments in parsed[:6]:
+        for field_info in dataclasses.fields(arguments):
+            value = getattr(arguments, field_info.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            low, high, above, below = FLAG_RANGES.get(field_info.name, (None, None, False, False))
+            if isinstance(value, float) or field_info.name in FLAG_RANGES:
+                finite(f"--{field_info.name}", value, low, high, above, below)
+
+
 def build_pruning_config(prune_args: PruningArguments, recipe: dict, recipe_path: Optional[Path],
                          given: frozenset = frozenset()) -> Optional[PruningConfig]:
     """The recipe's ``pruning`` section with pruning flags on top; None for dense fine-tuning. ``do_prune``
@@ -374,16 +407,27 @@ def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_co
     if distillation is None:
         trainer = QuestionAnsweringTrainer(**common)
     else:
+        trust = dict(cache_dir=model_args.cache_dir, token=model_args.token,
+                     trust_remote_code=model_args.trust_remote_code)  # explicit: transformers never prompts then
         teacher = from_hub("teacher model", teacher_name, lambda: from_pretrained(
-            teacher_name, auto_class=AutoModelForQuestionAnswering, cache_dir=model_args.cache_dir,
-            token=model_args.token))
+            teacher_name, auto_class=AutoModelForQuestionAnswering, **trust))
         teacher_tokenizer = from_hub("teacher tokenizer", teacher_name, lambda: AutoTokenizer.from_pretrained(
-            teacher_name, cache_dir=model_args.cache_dir, token=model_args.token))  # checked against the student's
+            teacher_name, **trust))  # checked against the student's
         trainer = QuestionAnsweringDistillationTrainer(teacher_model=teacher, teacher_processing_class=teacher_tokenizer,
                                                        distillation_config=DistillationConfig(**distillation), **common)
     if pruning_config is not None:
         add_pruning_callback(trainer, make_pruning_callback(pruning_config))
+    trainer.add_callback(MarkCheckpoints())
     return trainer
+
+
+class MarkCheckpoints(TrainerCallback):
+    """Marks each checkpoint this script saves as its own: ``--overwrite_output_dir`` moves only marked ones."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder):
+            mark_checkpoint(folder)
 
 
 def pruning_callback(trainer) -> Optional[PruningTrainerCallback]:
@@ -403,6 +447,7 @@ def main(argv: Optional[List[str]] = None,
     argv = sys.argv[1:] if argv is None else argv
     parsed = parse_arguments(argv)
     model_args, data_args, prune_args, distill_args, training_args = parsed[:5]
+    check_numeric_arguments(parsed)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
     log_level = training_args.get_process_log_level()
@@ -417,8 +462,15 @@ def main(argv: Optional[List[str]] = None,
                          "--push_to_hub and upload the output folder later.")
     logger.info("recipe: %s; pruning: %s; distillation: %s", parsed.recipe_path, pruning_config, distillation)
     resume = training_args.resume_from_checkpoint
+    if training_args.should_save:
+        check_output_location(training_args.output_dir, {
+            "model": model_args.model_name_or_path, "teacher": distill_args.teacher_model_name_or_path,
+            "config": model_args.config_name, "tokenizer": model_args.tokenizer_name})
     if training_args.do_train and training_args.should_save:
         resume = prepare_output_dir(training_args.output_dir, parsed.output.overwrite_output_dir, resume)
+    elif training_args.should_save:
+        check_evaluation_output(training_args.output_dir, model_args.model_name_or_path,
+                                parsed.output.overwrite_output_dir)
     set_seed(training_args.seed)
 
     raw = load_raw_datasets(data_args, model_args.cache_dir)
@@ -478,12 +530,22 @@ def main(argv: Optional[List[str]] = None,
     return metrics
 
 
+#: the longest error line the command prints: a hostile file cannot make a message of megabytes
+ERROR_LINE_LIMIT = 500
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line, cut to :data:`ERROR_LINE_LIMIT` characters."""
+    message = " ".join(message.split())
+    return message if len(message) <= ERROR_LINE_LIMIT else message[:ERROR_LINE_LIMIT - 5] + " ..."
+
+
 def run(argv: Optional[List[str]] = None) -> int:
     """The command line: a user error is one ``error: ...`` line and exit status 2; a bug keeps its traceback."""
     try:
         main(argv)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
     return 0
 

@@ -11,6 +11,7 @@ from .criteria import CRITERIA
 from .modules import HEAD_NAME_PATTERN
 from .patterns import get_pattern
 from .schedules import SCHEDULES
+from .value_checks import check_module_regex, short
 
 __all__ = ["PruningConfig", "CONFIG_NAME", "DEFAULT_EXCLUDE", "load_yaml"]
 
@@ -41,12 +42,9 @@ def _figure(target: Optional[float]) -> str:
 
 def _check_regex_list(name: str, value: Any) -> None:
     if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
-        raise ValueError(f"{name} must be a list of non-empty regular expressions, got {value!r}")
+        raise ValueError(f"{name} must be a list of non-empty regular expressions, got {short(value)}")
     for item in value:
-        try:
-            re.compile(item)
-        except re.error as err:
-            raise ValueError(f"{name} entry {item!r} is not a valid regular expression: {err}") from None
+        check_module_regex(name, item)
 
 
 @dataclass
@@ -96,7 +94,7 @@ class PruningConfig(JsonConfigMixin):
         pattern = get_pattern(self.pattern)
         if self.target_sparsity > pattern.max_sparsity + 1e-9:
             raise ValueError(
-                f"target_sparsity {self.target_sparsity} is above what pattern {self.pattern!r} allows "
+                f"target_sparsity {self.target_sparsity} is above what pattern {short(self.pattern)} allows "
                 f"(at most 1 - N/M = {pattern.max_sparsity:g})"
             )
         CRITERIA.get(self.criterion)
@@ -104,9 +102,9 @@ class PruningConfig(JsonConfigMixin):
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.block_reduce not in BLOCK_REDUCTIONS:
-            raise ValueError(f"block_reduce must be one of {BLOCK_REDUCTIONS}, got {self.block_reduce!r}")
+            raise ValueError(f"block_reduce must be one of {BLOCK_REDUCTIONS}, got {short(self.block_reduce)}")
         if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+            raise ValueError(f"scope must be one of {SCOPES}, got {short(self.scope)}")
         self._check_steps()
         if not 0.0 <= self.min_sparsity_per_layer <= self.max_sparsity_per_layer <= 1.0:
             raise ValueError(
@@ -132,7 +130,7 @@ class PruningConfig(JsonConfigMixin):
             _check_regex_list("include", self.include)
         _check_regex_list("exclude", self.exclude)
         if not isinstance(self.groups, list):
-            raise ValueError(f"groups must be a list of partial configs, got {self.groups!r}")
+            raise ValueError(f"groups must be a list of partial configs, got {short(self.groups)}")
         for index, group in enumerate(self.groups):
             self._group_config(index, group)
 
@@ -144,26 +142,26 @@ class PruningConfig(JsonConfigMixin):
             if key == "target_sparsity" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{key} must be a number, got {value!r} ({type(value).__name__})")
+                raise ValueError(f"{key} must be a number, got {short(value)} ({type(value).__name__})")
         for key in STEP_FIELDS:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{key} must be an integer or unset (None), got {value!r} ({type(value).__name__})")
+                raise ValueError(f"{key} must be an integer or unset (None), got {short(value)} ({type(value).__name__})")
         for key in ("pattern", "criterion", "block_reduce", "schedule", "scope"):
             value = getattr(self, key)
             if not isinstance(value, str):
-                raise ValueError(f"{key} must be a string, got {value!r} ({type(value).__name__})")
+                raise ValueError(f"{key} must be a string, got {short(value)} ({type(value).__name__})")
         if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) \
                 or self.calibration_batches <= 0:
-            raise ValueError(f"calibration_batches must be a positive integer, got {self.calibration_batches!r}")
+            raise ValueError(f"calibration_batches must be a positive integer, got {short(self.calibration_batches)}")
         if isinstance(self.keep_multiple_of, bool) or not isinstance(self.keep_multiple_of, int) \
                 or self.keep_multiple_of <= 0:
-            raise ValueError(f"keep_multiple_of must be a positive integer, got {self.keep_multiple_of!r}")
+            raise ValueError(f"keep_multiple_of must be a positive integer, got {short(self.keep_multiple_of)}")
         if self.keep_multiple_of > 1 and isinstance(self.pattern, str) and not get_pattern(self.pattern).structured:
             raise ValueError(f"keep_multiple_of={self.keep_multiple_of} rounds the heads or channels a layer keeps; "
-                             f"pattern {self.pattern!r} removes no whole units (use 'head' or 'channel', or 1)")
+                             f"pattern {short(self.pattern)} removes no whole units (use 'head' or 'channel', or 1)")
         if self.name is not None and not isinstance(self.name, str):
-            raise ValueError(f"name must be a string, got {self.name!r}")
+            raise ValueError(f"name must be a string, got {short(self.name)}")
 
     def _check_steps(self) -> None:
         if self.start_step is not None and self.start_step < 0:
@@ -187,7 +185,7 @@ class PruningConfig(JsonConfigMixin):
     # ---- groups -------------------------------------------------------------------------------------
     def _group_config(self, index: int, group: Any) -> "PruningConfig":
         if not isinstance(group, dict):
-            raise ValueError(f"groups[{index}] must be a mapping of config fields, got {group!r}")
+            raise ValueError(f"groups[{index}] must be a mapping of config fields, got {short(group)}")
         unknown = set(group) - set(self.field_names())
         if "groups" in group:
             raise ValueError(f"groups[{index}] cannot contain nested 'groups'")

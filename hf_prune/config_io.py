@@ -7,14 +7,17 @@ import logging
 import os
 from typing import Any, ClassVar, Dict
 
+from .value_checks import short
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["JsonConfigMixin", "load_yaml"]
 
 
 class JsonConfigMixin:
-    """``to_dict``/``from_dict`` (strict: an unknown key is a user's typo) and ``save_pretrained``/
-    ``from_pretrained`` (sorted JSON; keys written by a newer hf_prune are dropped with a warning)."""
+    """``to_dict``/``from_dict`` and ``save_pretrained``/``from_pretrained`` (sorted JSON), strict both ways: an
+    unknown key is a typo (``targt_sparsity``) or a newer hf_prune's field, and dropping it would change the
+    config's meaning silently."""
 
     config_name: ClassVar[str]
     config_kind: ClassVar[str]
@@ -32,7 +35,7 @@ class JsonConfigMixin:
             raise ValueError(f"{source}: a {cls.config_kind} config must be a mapping, got {type(data).__name__}")
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
-            raise ValueError(f"{source}: unknown {cls.config_kind} config key(s) {unknown}; "
+            raise ValueError(f"{source}: unknown {cls.config_kind} config key(s) {short(unknown)}; "
                              f"allowed: {', '.join(cls.field_names())}")
         try:
             return cls(**data)
@@ -54,28 +57,61 @@ class JsonConfigMixin:
         if not os.path.isfile(file):
             raise ValueError(f"no {cls.config_name} found at {path!r}")
         with open(file, encoding="utf-8") as handle:
-            data = json.load(handle)
-        known = set(cls.field_names())
-        dropped = sorted(set(data) - known)
-        if dropped:
-            logger.warning("ignoring unknown keys %s in %s (written by a newer hf_prune?)", dropped, file)
-        return cls(**{key: value for key, value in data.items() if key in known})
+            try:
+                data = json.load(handle)
+            except ValueError as err:
+                raise ValueError(f"{file} is not valid JSON: {err}") from None
+        return cls.from_dict(data, source=file)  # an unknown key (a typo, or a newer hf_prune's) is refused
+
+
+#: bounds on a YAML file hf_prune reads: recipes and configs are a few KB and a few levels deep
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 20
 
 
 def load_yaml(path: str) -> Dict[str, Any]:
-    """Read a YAML mapping; a missing file, invalid YAML or a non-mapping fails naming the file."""
+    """Read a YAML mapping; a missing file, invalid YAML or a non-mapping fails naming the file. Aliases
+    (``*name``) are refused and size and nesting are bounded, so a small file cannot expand into gigabytes
+    (nested aliases) or exhaust the stack (deep nesting)."""
     import yaml
 
     if not os.path.isfile(path):
         raise ValueError(f"recipe file {path!r} does not exist")
+    if os.path.getsize(path) > MAX_YAML_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_YAML_BYTES} bytes: not a recipe")
     with open(path, encoding="utf-8") as handle:
         try:
-            data = yaml.safe_load(handle)
+            data = yaml.load(handle, Loader=_bounded_loader(path))
         except yaml.YAMLError as err:
             where = getattr(err, "problem_mark", None)
             line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ValueError(f"{path} is not valid YAML{line}: {problem}") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
     if not isinstance(data, dict):
         raise ValueError(f"recipe file {path!r} must hold a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def _bounded_loader(path: str):
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise ValueError(f"{path}: YAML aliases ('*name') are not allowed (line {mark.line + 1}); write the "
+                                 "value out")
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    mark = self.peek_event().start_mark
+                    raise ValueError(f"{path}: nested deeper than {MAX_YAML_DEPTH} levels (line {mark.line + 1})")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return BoundedLoader

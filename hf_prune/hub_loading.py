@@ -11,7 +11,7 @@ import socket
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
-__all__ = ["hub_reachable", "looks_local", "from_hub_or_local"]
+__all__ = ["hub_reachable", "looks_local", "from_hub_or_local", "check_folder_links"]
 
 Loaded = TypeVar("Loaded")
 
@@ -38,6 +38,8 @@ def from_hub_or_local(what: str, name: str, load: Callable[[], Loaded], offline_
     ``offline_hint`` (what to pass instead)."""
     if not os.path.exists(name) and looks_local(name):
         raise ValueError(f"{what} folder {name!r} does not exist")
+    if os.path.isdir(name):
+        check_folder_links(name)
     if not os.path.exists(name) and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
         raise SystemExit(f"error: the Hugging Face Hub is unreachable, so {what} {name!r} cannot be downloaded; "
                          f"offline, {offline_hint} (or set HF_HUB_OFFLINE=1 to use the local cache).")
@@ -49,3 +51,19 @@ def from_hub_or_local(what: str, name: str, load: Callable[[], Loaded], offline_
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SystemExit(f"error: could not load {what} {name!r} from the Hugging Face Hub "
                          f"(is it unreachable? {first_line[:160]}); offline, {offline_hint}.") from None
+
+
+def check_folder_links(folder: str) -> None:
+    """Refuse a local model folder whose files resolve (through symbolic links) outside it: a folder someone hands
+    over must not make the script read other files of the machine. The Hub cache's own layout is allowed (a
+    ``snapshots/<revision>`` folder whose files link into the same repository's ``blobs``)."""
+    root = os.path.realpath(folder)
+    allowed = [root]
+    if os.path.basename(os.path.dirname(root)) == "snapshots":
+        allowed.append(os.path.join(os.path.dirname(os.path.dirname(root)), "blobs"))
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            target = os.path.realpath(os.path.join(directory, name))
+            if not any(os.path.commonpath([base, target]) == base for base in allowed):
+                raise ValueError(f"{os.path.join(directory, name)} resolves to {target!r}, outside the folder "
+                                 f"{folder!r}: refusing to read it")

@@ -27,6 +27,7 @@ from typing import Optional, Tuple
 import torch
 
 from .registry import Registry
+from .value_checks import short
 
 __all__ = ["Pattern", "WeightPattern", "BlockPattern", "SemiStructuredPattern", "StructuredPattern", "LockPattern",
            "PATTERN_FAMILIES", "get_pattern"]
@@ -248,12 +249,14 @@ PATTERN_FAMILIES.register("lock", LockPattern)
 def get_pattern(name: str) -> Pattern:
     """Parse a pattern name such as ``"4x1"`` or ``"2:4"``; unknown names raise ``ValueError``."""
     allowed = "; ".join(PATTERN_FAMILIES.get(family).syntax for family in PATTERN_FAMILIES)
+    if isinstance(name, str) and not name.isascii():  # int() reads full-width digits: '４x１' would pass as 4x1
+        raise ValueError(f"pruning pattern {short(name)} must be written in ASCII characters; allowed: {allowed}")
     if isinstance(name, str):
         for family in PATTERN_FAMILIES:
             try:
                 pattern = PATTERN_FAMILIES.get(family).parse(name.strip().lower())
             except ValueError as err:
-                raise ValueError(f"invalid pruning pattern {name!r}: {err}; allowed: {allowed}") from None
+                raise ValueError(f"invalid pruning pattern {short(name)}: {err}; allowed: {allowed}") from None
             if pattern is not None:
                 return pattern
-    raise ValueError(f"unknown pruning pattern {name!r}; allowed: {allowed}")
+    raise ValueError(f"unknown pruning pattern {short(name)}; allowed: {allowed}")

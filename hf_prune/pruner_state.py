@@ -11,6 +11,7 @@ import os
 from typing import Dict, Optional
 
 from .config import PruningConfig
+from .value_checks import short
 
 __all__ = ["PRUNER_STATE_NAME", "STATE_KEYS", "write_state", "read_state", "read_config"]
 
@@ -32,22 +33,51 @@ def write_state(state: Dict[str, object], directory: str) -> str:
 
 
 def read_state(directory: str) -> Dict[str, object]:
-    """The state ``write_state`` wrote into ``directory`` (masks, scores, ..., ``last_event_step``)."""
+    """The state ``write_state`` wrote into ``directory`` (masks, scores, ..., ``last_event_step``), checked:
+    masks hold only 0 and 1, scores and sums are finite, the step is a non-negative integer (or unset). A file
+    that breaks any of these, or cannot be read, is refused naming the file and the tensor or field."""
     from safetensors import safe_open
 
     path = os.path.join(directory, PRUNER_STATE_NAME)
     if not os.path.isfile(path):
         raise ValueError(f"no pruner state {PRUNER_STATE_NAME} in {directory!r}")
     state: Dict[str, object] = {key: {} for key in STATE_KEYS.values()}
-    with safe_open(path, framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        for tensor_name in handle.keys():
-            prefix, name = tensor_name.split(".", 1)
-            if prefix not in STATE_KEYS:
-                raise ValueError(f"{path}: unexpected tensor {tensor_name!r} (known prefixes: {sorted(STATE_KEYS)})")
-            state[STATE_KEYS[prefix]][name] = handle.get_tensor(tensor_name)
-    state["last_event_step"] = json.loads(metadata.get("last_event_step", "null"))
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            for tensor_name in handle.keys():
+                prefix, _, name = tensor_name.partition(".")
+                if prefix not in STATE_KEYS or not name:
+                    raise ValueError(f"{path}: unexpected tensor {short(tensor_name)} (known prefixes: "
+                                     f"{sorted(STATE_KEYS)})")
+                state[STATE_KEYS[prefix]][name] = _checked_tensor(path, tensor_name, prefix, handle.get_tensor(tensor_name))
+    except ValueError:
+        raise
+    except Exception as err:  # safetensors' own errors for a truncated or corrupt file
+        raise ValueError(f"{path} is not a readable pruner state: {short(str(err))}") from None
+    state["last_event_step"] = _checked_step(path, metadata.get("last_event_step", "null"))
     return state
+
+
+def _checked_tensor(path: str, tensor_name: str, prefix: str, tensor):
+    import torch
+
+    if prefix in ("mask", "bias_mask"):
+        if not bool(((tensor == 0) | (tensor == 1)).all()):
+            raise ValueError(f"{path}: {tensor_name} holds values other than 0 and 1: not a mask")
+    elif tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{path}: {tensor_name} holds NaN or infinite values")
+    return tensor
+
+
+def _checked_step(path: str, text: str) -> Optional[int]:
+    try:
+        step = json.loads(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: last_event_step is not JSON: {short(text)}") from None
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise ValueError(f"{path}: last_event_step must be a non-negative integer or null, got {short(step)}")
+    return step
 
 
 def read_config(directory: str) -> Optional[PruningConfig]:
@@ -57,6 +87,10 @@ def read_config(directory: str) -> Optional[PruningConfig]:
     path = os.path.join(directory, PRUNER_STATE_NAME)
     if not os.path.isfile(path):
         return None
-    with safe_open(path, framework="pt") as handle:
-        config = (handle.metadata() or {}).get("config")
-    return PruningConfig.from_dict(json.loads(config), source=path) if config else None
+    try:
+        with safe_open(path, framework="pt") as handle:
+            config = (handle.metadata() or {}).get("config")
+        data = json.loads(config) if config else None
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable pruner state: {short(str(err))}") from None
+    return PruningConfig.from_dict(data, source=path) if data is not None else None

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 from .config import PruningConfig
 from .config_io import load_yaml
 from .distillation.config import DistillationConfig
+from .value_checks import short
 
 __all__ = ["load_yaml", "load_recipe", "training_recipe", "TrainingRecipe", "RECIPE_KEYS", "COMMAND_LINE_ONLY",
            "LOCAL_REPORTERS"]
@@ -29,6 +30,10 @@ COMMAND_LINE_ONLY = {
     "resume_from_checkpoint": "it chooses which weights and states are loaded",
     "push_to_hub": "it uploads the model",
     "token": "it is a Hub credential",
+    "deepspeed": "it names a launcher configuration file to load",
+    "fsdp": "it changes how the model is sharded across processes (a launch decision)",
+    "fsdp_config": "it names a launcher configuration file to load",
+    "accelerator_config": "it names a launcher configuration file to load",
 }
 COMMAND_LINE_ONLY_PREFIXES = ("hub_",)  # hub_token, hub_model_id, hub_strategy, hub_private_repo, ...
 #: ``report_to`` values that write only to this machine; every other integration uploads.
@@ -41,14 +46,14 @@ def load_recipe(path: str, actions: Iterable[argparse.Action]) -> Dict[str, Any]
     recipe = load_yaml(str(path))
     unknown = sorted(set(recipe) - set(RECIPE_KEYS))
     if unknown:
-        raise ValueError(f"{path}: unknown recipe key(s) {unknown}; allowed: {list(RECIPE_KEYS)}")
+        raise ValueError(f"{path}: unknown recipe key(s) {short(unknown)}; allowed: {list(RECIPE_KEYS)}")
     arguments = recipe.get("arguments") or {}
     if not isinstance(arguments, dict):
         raise ValueError(f"{path}: 'arguments' must be a mapping of flag names to values")
     by_dest = {action.dest: action for action in actions if action.dest != "help"}
     bad = sorted(set(arguments) - set(by_dest))
     if bad:
-        raise ValueError(f"{path}: unknown argument(s) {bad} in 'arguments'")
+        raise ValueError(f"{path}: unknown argument(s) {short(bad)} in 'arguments'")
     recipe["arguments"] = {key: _checked(path, key, value, by_dest[key]) for key, value in arguments.items()}
     for section, config_class in (("pruning", PruningConfig), ("distillation", DistillationConfig)):
         if recipe.get(section) is not None:
@@ -95,17 +100,20 @@ def _checked(path: str, key: str, value: Any, action: argparse.Action) -> Any:
         value = json.dumps(value)  # a flag that takes a JSON object (lr_scheduler_kwargs, ...): written as a mapping
     values: List[Any] = list(value) if many and isinstance(value, (list, tuple)) else [value]
     if not many and isinstance(value, (list, tuple, dict)):
-        raise ValueError(f"{path}: argument {key!r} takes one value, got {value!r}")
+        raise ValueError(f"{path}: argument {key!r} takes one value, got {short(value)}")
     converted = []
     for item in values:
+        if isinstance(item, (list, tuple, dict)):  # str() would turn [a, b] into the regex "['a', 'b']"
+            raise ValueError(f"{path}: argument {key!r} takes {'a list of ' if many else ''}plain values, got "
+                             f"{short(item)} inside it")
         try:
             result = action.type(str(item)) if action.type is not None and item is not None else item
         except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
             expected = getattr(action.type, "__name__", "a valid value")
-            raise ValueError(f"{path}: argument {key!r} must be {expected}, got {item!r} ({err})") from None
+            raise ValueError(f"{path}: argument {key!r} must be {expected}, got {short(item)} ({short(str(err))})") from None
         if action.choices is not None and result not in action.choices:
             allowed = ", ".join(str(choice) for choice in action.choices)
-            raise ValueError(f"{path}: argument {key!r} must be one of {allowed}; got {item!r}")
+            raise ValueError(f"{path}: argument {key!r} must be one of {short(allowed)}; got {short(item)}")
         converted.append(result)
     if key == "report_to":
         uploading = [str(item) for item in converted if str(item) not in LOCAL_REPORTERS]

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .architectures import BASE_MODEL_TYPE_ATTRIBUTE, StructuredBlock, find_blocks, get_architecture
+from .value_checks import short
 
 logger = logging.getLogger(__name__)
 
@@ -165,10 +166,22 @@ def _resize_to_layout(model: nn.Module, layout: Dict[str, dict]) -> None:
     if unknown:
         raise ValueError(f"slim layout names layers {unknown} that {type(model).__name__} does not have")
     for layer, entry in layout.items():
+        if not isinstance(entry, dict) or set(entry) - {"heads", "intermediate_size"}:
+            raise ValueError(f"slim layout of layer {layer!r} must map 'heads' and/or 'intermediate_size', got "
+                             f"{short(entry)}")
         if "heads" in entry:
-            _shrink_block(model, blocks[layer], list(range(len(entry["heads"]))))
+            heads, total = entry["heads"], blocks[layer].num_units
+            if not isinstance(heads, list) or not heads or len(heads) > total or len(set(heads)) != len(heads) \
+                    or not all(isinstance(h, int) and not isinstance(h, bool) and 0 <= h < total for h in heads):
+                raise ValueError(f"slim layout of layer {layer!r}: 'heads' must list 1 to {total} distinct head "
+                                 f"indexes in [0, {total}), got {short(heads)}")
+            _shrink_block(model, blocks[layer], list(range(len(heads))))
         if "intermediate_size" in entry:
-            _shrink_block(model, channels[layer], list(range(int(entry["intermediate_size"]))))
+            size, total = entry["intermediate_size"], channels[layer].num_units
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= total:
+                raise ValueError(f"slim layout of layer {layer!r}: 'intermediate_size' must be an integer in "
+                                 f"[1, {total}], got {short(size)}")
+            _shrink_block(model, channels[layer], list(range(size)))
 
 
 def from_pretrained(path: str, auto_class=None, config=None, dtype: Optional[torch.dtype] = None,
@@ -182,6 +195,7 @@ def from_pretrained(path: str, auto_class=None, config=None, dtype: Optional[tor
     loaded strictly; otherwise this is ``model_class.from_pretrained(path, config=config, **kwargs)``, Hub ids
     included. ``kwargs`` go to ``from_pretrained`` (cache_dir, revision, token, ...).
     """
+    kwargs.setdefault("trust_remote_code", False)  # explicit: transformers would otherwise ask on the terminal
     config = config if config is not None else load_config(path, **kwargs)
     model_class = auto_class or _saved_class(path, config)
     layout = getattr(config, SLIM_LAYOUT_KEY, None)
@@ -216,7 +230,18 @@ def load_config(path: str, **kwargs):
                 config = CONFIG_MAPPING[base].from_dict(config_dict)
                 _mark_slim(config)
                 return config
+    kwargs.setdefault("trust_remote_code", False)
     return AutoConfig.from_pretrained(path, **kwargs)
+
+
+def inside_folder(folder: str, name: str) -> str:
+    """``folder/name``, refused when it resolves (through links) outside ``folder``: a model folder handed over by
+    someone else must not make hf_prune read other files of the machine."""
+    path = os.path.join(folder, name)
+    root = os.path.realpath(folder)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ValueError(f"{path} resolves to {os.path.realpath(path)!r}, outside the model folder {folder!r}")
+    return path
 
 
 def _saved_class(path: str, config):
@@ -226,9 +251,9 @@ def _saved_class(path: str, config):
     if not architectures:
         raise ValueError(f"{path}: config.json names no architecture to load; pass auto_class= (e.g. "
                          "transformers.AutoModelForSequenceClassification)")
-    model_class = getattr(transformers, architectures[0], None)
-    if model_class is None:
-        raise ValueError(f"{path}: architecture {architectures[0]!r} is not a class of transformers "
+    model_class = getattr(transformers, architectures[0], None) if isinstance(architectures[0], str) else None
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        raise ValueError(f"{path}: architecture {short(architectures[0])} is not a model class of transformers "
                          f"{transformers.__version__}; pass auto_class=")
     return model_class
 
@@ -249,7 +274,11 @@ def _load_safetensors(model: nn.Module, folder: str) -> None:
         raise ValueError(f"no model.safetensors (or its index) in {folder!r}")
     state = {}
     for file in files:
-        state.update(load_file(os.path.join(folder, file)))
+        path = inside_folder(folder, file)
+        try:
+            state.update(load_file(path))
+        except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
+            raise ValueError(f"{path} is not a readable safetensors file: {short(str(err))}") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     if unexpected or set(missing) - tied:

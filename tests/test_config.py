@@ -22,12 +22,13 @@ def test_round_trip_dict_and_files(tmp_path):
     assert PruningConfig.from_pretrained(str(tmp_path)) == config
 
 
-def test_from_pretrained_drops_unknown_keys_with_warning(tmp_path, caplog):
+def test_from_pretrained_refuses_unknown_keys(tmp_path):
+    """Issue 25 (8): a typo in a saved config is refused by name, not loaded as the default with a warning."""
     data = PruningConfig(end_step=5).to_dict()
-    data["future_option"] = 1
+    data["targt_sparsity"] = data.pop("target_sparsity")
     (tmp_path / CONFIG_NAME).write_text(json.dumps(data))
-    assert PruningConfig.from_pretrained(str(tmp_path)).end_step == 5
-    assert "future_option" in caplog.text
+    with pytest.raises(ValueError, match=r"pruning_config.json: unknown pruning config key\(s\) \['targt_sparsity'\]"):
+        PruningConfig.from_pretrained(str(tmp_path))
 
 
 def test_from_dict_is_strict():

@@ -248,3 +248,150 @@ def test_user_error_is_one_line_and_a_non_zero_exit(files, tmp_path, capsys):
     assert run_qa_prune.run(_argv(files, tmp_path / "out", "--target_sparsity", "1.5")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "target_sparsity" in err[0]
+
+
+# issue 26 ------------------------------------------------------------------------------------------------------
+def test_output_dir_equal_to_the_model_folder_is_refused_before_anything_is_touched(files, tmp_path):
+    before = sorted(os.listdir(files["model"]))
+    for flag in ("--model_name_or_path", "--teacher_model_name_or_path"):
+        argv = _argv(files, files["model"], "--do_train", "--max_steps", "2", "--overwrite_output_dir",
+                     *(["--teacher_model_name_or_path", files["model"]] if flag.startswith("--teacher") else []))
+        with pytest.raises(ValueError, match="is, holds or lies inside the model folder"):
+            run_qa_prune.main(argv)
+    assert sorted(os.listdir(files["model"])) == before
+
+
+def test_overwrite_run_keeps_the_users_files_and_replaces_its_own(files, tmp_path):
+    out = tmp_path / "out"
+    run_qa_prune.main(_argv(files, out, "--do_train", "--max_steps", "4", "--save_strategy", "steps",
+                            "--save_steps", "2", "--target_sparsity", "0.5", *PRUNE))
+    assert (out / "checkpoint-2" / ".hf_prune-checkpoint").is_file()
+    (out / "notes.txt").write_text("mine")
+    run_qa_prune.main(_argv(files, out, "--do_train", "--do_eval", "--max_steps", "4", "--target_sparsity", "0.7",
+                            *PRUNE, "--overwrite_output_dir"))
+    _assert_folder_describes(out, 0.7)
+    assert (out / "notes.txt").read_text() == "mine" and not (out / ".hf_prune-previous").exists()
+
+
+def test_evaluation_only_into_another_finished_model_is_refused(files, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        run_qa_prune.main(_argv(files, folder, "--do_train", "--max_steps", "2", "--do_prune", "False"))
+    with pytest.raises(ValueError, match="holds another finished model"):
+        run_qa_prune.main(["--model_name_or_path", str(b), "--validation_file", files["validation"],
+                           "--output_dir", str(a), *FAST, "--do_eval"])
+    assert not (a / "eval_results.json").exists()
+
+
+def test_teacher_custom_code_never_runs_and_nothing_prompts(files, tmp_path, monkeypatch):
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(files["model"], teacher)
+    sentinel = tmp_path / "ran"
+    (teacher / "custom.py").write_text(f"open({str(sentinel)!r}, 'w').write('x')\n"
+                                       "from transformers import BertConfig as CustomConfig\n")
+    config = json.loads((teacher / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom.CustomConfig", "AutoModelForQuestionAnswering": "custom.CustomConfig"}
+    (teacher / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("the script asked a question on the terminal"))
+    try:
+        run_qa_prune.main(_argv(files, tmp_path / "out", "--do_train", "--max_steps", "1", "--do_prune", "False",
+                                "--teacher_model_name_or_path", str(teacher)))
+    except ValueError:
+        pass  # refusing the folder is fine; running its code is not
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('arguments:\n  lr_scheduler_kwargs: &a {x: [1, 1]}\n  seed: *a\n', "YAML aliases"),
+    ('arguments:\n  seed: ' + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than"),
+    ("pruning:\n  include: ['^([\\\\w.]+)+!$']\n", "repeats a group"),
+    ("arguments:\n  prune_include: [[attention, intermediate]]\n", "takes a list of plain values"),
+    ("arguments:\n  deepspeed: ds.json\n", "a recipe may not set 'deepspeed'"),
+    ("pruning:\n  pattern: ４x１\n", "must be written in ASCII"),
+])
+def test_hostile_or_mistaken_recipes_are_refused_quickly(files, tmp_path, text, message):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    started = time.time()
+    with pytest.raises(ValueError, match=message):
+        run_qa_prune.main(_argv(files, tmp_path / "out", "--recipe", str(recipe)))
+    assert time.time() - started < 10 and not (tmp_path / "out").exists()
+
+
+def test_a_hanging_include_flag_is_refused(files, tmp_path):
+    with pytest.raises(ValueError, match="repeats a group"):
+        run_qa_prune.main(_argv(files, tmp_path / "out", "--prune_include", r"^([\w.]+)+!$"))
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--weight_decay", "nan", "--weight_decay must be a finite number"),
+    ("--distill_temperature", "inf", "--distill_temperature must be a finite number"),
+    ("--hard_label_weight", "inf", "--hard_label_weight must be a finite number"),
+    ("--distill_loss_weight", "nan", "--distill_loss_weight must be a finite number"),
+    ("--n_best_size", "0", "--n_best_size must be >= 1"), ("--max_answer_length", "-1", "must be >= 1"),
+    ("--label_smoothing_factor", "2", "must be < 1"), ("--doc_stride", "-3", "--doc_stride must be >= 0"),
+    ("--max_train_samples", "0", "must be >= 1"), ("--max_eval_samples", "0", "must be >= 1"),
+])
+def test_numeric_flags_are_finite_and_in_range(files, tmp_path, capsys, flag, value, message):
+    assert run_qa_prune.run(_argv(files, tmp_path / "out", flag, value)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_lines_are_bounded(files, tmp_path, capsys):
+    recipe = tmp_path / "long.yaml"
+    recipe.write_text("arguments:\n  " + "x" * 100_000 + ": 1\n")
+    assert run_qa_prune.run(_argv(files, tmp_path / "out", "--recipe", str(recipe))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and len(err[0]) <= run_qa_prune.ERROR_LINE_LIMIT + 10
+
+
+def _slim_folder(files, tmp_path):
+    folder = tmp_path / "slim"
+    run_qa_prune.main(_argv(files, folder, "--do_train", "--max_steps", "4", "--pruning_pattern", "head",
+                            "--target_sparsity", "0.5", *PRUNE, "--slim"))
+    return folder
+
+
+@pytest.mark.parametrize("layout_edit, message", [
+    (lambda entry: entry.update(intermediate_size=-3), "'intermediate_size' must be an integer in"),
+    (lambda entry: entry.update(intermediate_size=10 ** 6), "'intermediate_size' must be an integer in"),
+    (lambda entry: entry.update(heads=[]), "'heads' must list 1 to"),
+    (lambda entry: entry.update(heads=list(range(40))), "'heads' must list 1 to"),
+])
+def test_slim_folders_with_impossible_layouts_are_refused(files, tmp_path, layout_edit, message):
+    from hf_prune import from_pretrained
+
+    folder = _slim_folder(files, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    key = next(k for k in config if k.startswith("hf_prune") and isinstance(config[k], dict))
+    entry = next(iter(config[key].values()))
+    entry.setdefault("intermediate_size", 8)
+    layout_edit(entry)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        from_pretrained(str(folder))
+
+
+def test_model_folders_that_point_elsewhere_or_name_functions_are_refused(files, tmp_path):
+    from hf_prune import from_pretrained
+
+    folder = _slim_folder(files, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["pipeline"]}))
+    with pytest.raises(ValueError, match="'pipeline' is not a model class"):
+        from_pretrained(str(folder))
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
+        from_pretrained(str(folder))
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(b"x")
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to(outside)
+    with pytest.raises(ValueError, match="outside the"):
+        run_qa_prune.main(["--model_name_or_path", str(folder), "--validation_file", files["validation"],
+                           "--output_dir", str(tmp_path / "eval"), *FAST, "--do_eval"])

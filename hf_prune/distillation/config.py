@@ -6,6 +6,7 @@ from typing import ClassVar, List, Optional
 
 from ..config_io import JsonConfigMixin
 from .layerwise import HIDDEN_LOSSES, resolve_layer_map
+from ..value_checks import finite, short
 
 __all__ = ["DistillationConfig", "DISTILLATION_CONFIG_NAME", "METHODS"]
 
@@ -42,18 +43,15 @@ class DistillationConfig(JsonConfigMixin):
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"unknown distillation method {self.method!r}; allowed: {', '.join(METHODS)}")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
-            raise ValueError(f"temperature must be a positive number, got {self.temperature!r}")
+            raise ValueError(f"unknown distillation method {short(self.method)}; allowed: {', '.join(METHODS)}")
+        finite("temperature", self.temperature, minimum=0, above=True)
         if self.hidden_state_loss not in HIDDEN_LOSSES:
-            raise ValueError(f"unknown hidden_state_loss {self.hidden_state_loss!r}; allowed: {', '.join(HIDDEN_LOSSES)}")
+            raise ValueError(f"unknown hidden_state_loss {short(self.hidden_state_loss)}; allowed: {', '.join(HIDDEN_LOSSES)}")
         if self.layer_map is not None:
             self.layer_map = [list(pair) for pair in resolve_layer_map(self.layer_map, 10 ** 6, 10 ** 6)]
         for name in ("distill_loss_weight", "hard_label_weight", "feature_weight", "hidden_state_weight",
                      "attention_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            finite(name, getattr(self, name), minimum=0)
         active = [self.distill_loss_weight, self.hard_label_weight, self.hidden_state_weight, self.attention_weight]
         if self.method == "reused_classifier":
             active.append(self.feature_weight)

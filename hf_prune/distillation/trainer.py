@@ -18,6 +18,7 @@ from .losses import feature_mse, kd_loss
 from .saved_form import saved_form
 from .simkd import SimKDHead, find_task_head, install_simkd_head
 from ..sharding import is_dtensor, is_zero3
+from ..value_checks import short
 from .teacher import check_teacher, check_tokenizers, forward_parameters, is_language_model, split_inputs
 from .token_kd import token_kd_loss
 
@@ -237,7 +238,15 @@ class DistillationTrainer(Trainer):
             if not os.path.isfile(path):
                 raise ValueError(f"resuming this distillation needs {name} in {checkpoint} (the checkpoint was saved "
                                  "by a run with other distillation settings)")
-            module.load_state_dict(load_file(path, device=str(next(module.parameters()).device)))
+            try:
+                tensors = load_file(path, device=str(next(module.parameters()).device))
+            except Exception as err:  # safetensors' own errors for a truncated or corrupt file
+                raise ValueError(f"{path} is not a readable safetensors file: {short(str(err))}") from None
+            bad = sorted(key for key, tensor in tensors.items()
+                         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()))
+            if bad:
+                raise ValueError(f"{path}: {short(bad)} hold NaN or infinite values; refusing to resume from it")
+            module.load_state_dict(tensors)
 
 
 def _ensure_attention_maps(config: DistillationConfig, student: nn.Module, teacher: nn.Module) -> None:

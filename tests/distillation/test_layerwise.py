@@ -27,7 +27,7 @@ def test_uniform_layer_map_and_checks():
         DistillationConfig(hidden_state_weight=1.0, layer_map=[[1, 2, 3]])
     with pytest.raises(ValueError, match="unknown hidden_state_loss 'l1'; allowed: mse, cosine"):
         DistillationConfig(hidden_state_loss="l1")
-    with pytest.raises(ValueError, match="hidden_state_weight must be a number >= 0"):
+    with pytest.raises(ValueError, match="hidden_state_weight must be >= 0"):
         DistillationConfig(hidden_state_weight=-1)
 
 

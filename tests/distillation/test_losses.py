@@ -37,8 +37,12 @@ def test_feature_mse_by_hand_with_mask():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(method="hidden"), "unknown distillation method 'hidden'"),
-    (dict(temperature=0), "temperature must be a positive number"),
-    (dict(hard_label_weight=-1), "hard_label_weight must be a number >= 0"),
+    (dict(temperature=0), "temperature must be > 0"),
+    (dict(hard_label_weight=-1), "hard_label_weight must be >= 0"),
+    (dict(temperature=float("nan")), "temperature must be a finite number, got nan"),
+    (dict(temperature=float("inf")), "temperature must be a finite number, got inf"),
+    (dict(distill_loss_weight=float("nan")), "distill_loss_weight must be a finite number"),
+    (dict(hard_label_weight=float("inf")), "hard_label_weight must be a finite number"),
     (dict(distill_loss_weight=0, hard_label_weight=0), "nothing would be learned"),
 ])
 def test_config_refuses_bad_values(kwargs, message):
