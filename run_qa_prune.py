@@ -490,6 +490,7 @@ def main(argv: Optional[List[str]] = None,
         pruning_config = callback.pruner.config  # as applied: steps resolved, or the resumed checkpoint's
     with saved_form(trainer.model):  # report and count the model as it is saved (SimKD head folded, projections out)
         report = sparsity_report(trainer.model, callback.pruner.patterns() if callback and callback.pruner else None)
+        report.target_not_reached = callback.pruner.target_not_reached if callback and callback.pruner else None
         summary = slim(trainer.model) if prune_args.slim else None  # after the report: it removes the zeros counted
     sparsity = {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity,
                 "pruning_pattern": "+".join(pruning_config.pattern_names()) if pruning_config else "dense"}

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .architectures import StructuredBlock, find_blocks
-from .config import PruningConfig
+from .config import DEFAULT_EXCLUDE, PruningConfig
 from .criteria import Criterion
 from .modules import is_transposed
 from .patterns import Pattern, get_pattern
@@ -97,8 +97,13 @@ def select_modules(names: List[str], group_config: PruningConfig, claimed: Dict[
                     f"the model's Linear modules are named like: {sample}"
                 )
             included |= hits
-    return [name for name in names if name in included and name not in claimed
-            and not any(re.search(regex, name) for regex in group_config.exclude)]
+    def excluded(name: str) -> bool:
+        # the default exclusion (task heads) yields to an include that names the module; a user's own exclude wins
+        rules = group_config.exclude if group_config.include is None else \
+            [regex for regex in group_config.exclude if regex not in DEFAULT_EXCLUDE]
+        return any(re.search(regex, name) for regex in rules)
+
+    return [name for name in names if name in included and name not in claimed and not excluded(name)]
 
 
 def structured_blocks(model: nn.Module, pattern: Pattern, group_config: PruningConfig,

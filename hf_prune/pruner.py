@@ -81,6 +81,7 @@ class Pruner:
                 if name in group.roles and group.roles[name][1] == "rows" and module.bias is not None:
                     self.bias_masks[name] = torch.ones(local_shape(module.bias), dtype=torch.bool, device=device)
         self.last_event_step: Optional[int] = None
+        self.target_not_reached: Optional[str] = None  # set by the callback when training stops early
         self._lock_targets()
         needing_inputs = {name: self.modules[name] for group in self.groups if group.criterion.needs_activations
                           and not group.pattern.locked for name in group.names}
@@ -129,6 +130,7 @@ class Pruner:
                                            group_config.target_sparsity or 0.0)
                 groups.append(PruningGroup(group_config, pattern, get_criterion(group_config.criterion),
                                            schedule, selected, blocks))
+        _check_not_shared(model, self.modules)
         return groups
 
     def _check_shards(self, model: nn.Module) -> None:
@@ -230,12 +232,31 @@ class Pruner:
                 torch._foreach_add_(scores, blocks)
 
     @torch.no_grad()
-    def apply_masks(self) -> None:
-        """Set every masked weight (and, for heads and channels, the pruned units' biases) to exactly zero."""
+    def apply_masks(self, finite: Optional[bool] = None) -> None:
+        """Set every masked weight (and, for heads and channels, the pruned units' biases) to exactly zero, whatever
+        the other entries hold (NaN and inf included). ``finite``: whether the weights are known to be finite
+        (checked here when None)."""
         if self.last_event_step is None and not any(group.pattern.locked for group in self.groups):
             return  # nothing pruned yet: all masks are ones
+        finite = not self.non_finite_layers() if finite is None else finite
         for masks, attribute in ((self.masks, "weight"), (self.bias_masks, "bias")):
-            mask_all_([getattr(self.modules[name], attribute) for name in masks], list(masks.values()))
+            mask_all_([getattr(self.modules[name], attribute) for name in masks], list(masks.values()), finite)
+
+    @torch.no_grad()
+    def non_finite_layers(self) -> List[str]:
+        """Names of the pruned layers whose weight holds NaN or inf (this rank's part when sharded): one reduction
+        and one host wait for the whole model, a per-layer look only when something is not finite."""
+        names = list(self.masks)
+        weights = [local_values(self.modules[name].weight) for name in names]
+        weights = [w for w in weights if w.numel()]
+        if not weights:
+            return []
+        norms = torch._foreach_norm(weights, float("inf"))  # the largest |w|: inf or NaN only when one is
+        device = norms[0].device
+        if bool(torch.isfinite(torch.stack([n.to(device) for n in norms]).sum())):
+            return []
+        return [name for name in names if local_values(self.modules[name].weight).numel()
+                and not bool(torch.isfinite(local_values(self.modules[name].weight)).all())]
 
     def step(self, global_step: int) -> bool:
         """Run the pruning events scheduled for ``global_step``; returns whether any group pruned."""
@@ -373,7 +394,9 @@ class Pruner:
         return patterns
 
     def sparsity_report(self) -> SparsityReport:
-        return sparsity_report(self.model, self.patterns())
+        report = sparsity_report(self.model, self.patterns())
+        report.target_not_reached = self.target_not_reached
+        return report
 
     # ---- state --------------------------------------------------------------------------------------
     def _rows_per_entry(self, key: str, name: str) -> Optional[int]:
@@ -438,3 +461,24 @@ class Pruner:
 
     def load_state(self, directory: str) -> None:
         self.load_state_dict(read_state(directory))
+
+
+def _check_not_shared(model: nn.Module, pruned: Dict[str, nn.Module]) -> None:
+    """Refuse a pruned weight whose storage another parameter shares (a tied ``lm_head`` and input embedding):
+    masking it would prune that other module too, which no report would list."""
+    owners: Dict[int, List[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if parameter.numel():
+            owners.setdefault(parameter.data_ptr(), []).append(name)
+    for module_name, module in pruned.items():
+        weight = module.weight
+        if not weight.numel():
+            continue  # a sharded parameter not gathered here
+        own = {f"{module_name}.weight"}
+        others = [name for name in owners.get(weight.data_ptr(), []) if name not in own
+                  and name.rsplit(".", 1)[0] not in pruned]
+        if others:
+            raise ValueError(f"{module_name}.weight shares its storage with {others} (tied weights): pruning it would "
+                             f"prune them too; exclude {module_name!r}, or untie the weights "
+                             "(config.tie_word_embeddings=False) before pruning")
+

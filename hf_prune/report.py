@@ -39,6 +39,8 @@ class SparsityReport:
     """Per-layer rows plus the totals over pruned layers and over every Linear weight (INC's "Gemm ratio")."""
 
     layers: List[LayerSparsity] = field(default_factory=list)
+    #: set when training ended before the schedule reached its target (an early stop): what was reached
+    target_not_reached: Optional[str] = None
 
     def _total(self, rows: List[LayerSparsity]) -> float:
         numel = sum(row.numel for row in rows)
@@ -57,6 +59,8 @@ class SparsityReport:
             "sparsity_pruned_layers": round(self.pruned_sparsity, 6),
             "sparsity_all_linear": round(self.linear_sparsity, 6),
             "layers": [dict(asdict(row), sparsity=round(row.sparsity, 6)) for row in self.layers],
+            **({"target_reached": False, "target_not_reached": self.target_not_reached}
+               if self.target_not_reached else {}),
         }
 
     def to_markdown(self) -> str:
@@ -65,6 +69,8 @@ class SparsityReport:
             lines.append(f"| {row.name} | {'x'.join(map(str, row.shape))} | {row.pattern} | {row.sparsity:.4f} |")
         lines.append(f"| **total, pruned layers** | | | **{self.pruned_sparsity:.4f}** |")
         lines.append(f"| **total, all Linear weights** | | | **{self.linear_sparsity:.4f}** |")
+        if self.target_not_reached:
+            lines += ["", f"**Target not reached:** {self.target_not_reached}"]
         return "\n".join(lines)
 
 

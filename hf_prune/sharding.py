@@ -126,7 +126,7 @@ def mask_local_(param: torch.Tensor, mask: torch.Tensor) -> None:
     if mask.device != local.device:
         mask = mask.to(local.device)
     if local.numel() or not _persistent(param):  # a persistent copy not gathered yet is rebuilt from the partition
-        local.mul_(mask)
+        local.masked_fill_(mask == 0, 0)  # not a product: NaN x 0 is NaN, and a masked entry must be zero
     if not is_zero3(param):
         return
     size, start, valid = _zero3_span(param)
@@ -143,9 +143,11 @@ def mask_local_(param: torch.Tensor, mask: torch.Tensor) -> None:
             safe_set_local_fp32_param(param, masked)
 
 
-def mask_all_(params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> None:
+def mask_all_(params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], finite: bool = True) -> None:
     """:func:`mask_local_` of each pair; the plain tensors (not sharded, mask beside them) in one foreach call,
-    so masking a model costs a few kernel launches instead of one per layer (which, on a GPU, is the cost)."""
+    so masking a model costs a few kernel launches instead of one per layer (which, on a GPU, is the cost). The
+    product is exact only for finite weights (NaN x 0 is NaN): with ``finite=False`` each plain tensor is masked
+    by ``masked_fill_`` instead, so masked entries are zero whatever the others hold."""
     plain_params, plain_masks = [], []
     for param, mask in zip(params, masks):
         if is_dtensor(param) or is_zero3(param) or mask.device != param.device:
@@ -153,8 +155,10 @@ def mask_all_(params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> 
         else:
             plain_params.append(param)
             plain_masks.append(mask)
-    if plain_params:
+    if plain_params and finite:
         torch._foreach_mul_(plain_params, plain_masks)
+    for param, mask in zip(plain_params if not finite else [], plain_masks):
+        param.masked_fill_(mask == 0, 0)
 
 
 def _shard_group(tensor):

@@ -161,3 +161,64 @@ def test_fp16_scaled_gradients_are_unscaled_before_scoring():
     _unscale_gradients(wrapped)  # already unscaled this step (as after gradient clipping): left alone
     assert torch.allclose(layer.weight.grad, torch.ones(4, 4))
     scaler.step(optimizer)  # the optimizer step still works on the unscaled gradients
+
+
+# issue 25: the saved model is what the report says ------------------------------------------------------------
+def test_a_nan_weight_stops_training_naming_the_step_and_layer_and_masked_entries_stay_zero(tmp_path):
+    config = PruningConfig(target_sparsity=0.5, pattern="4x1", start_step=1, end_step=4, frequency=1)
+    callback = PruningTrainerCallback(config)
+    layer = "bert.encoder.layer.0.intermediate.dense"
+
+    class Poison(PruningTrainerCallback.__mro__[1]):  # a plain TrainerCallback, run before the optimizer step
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 5:
+                with torch.no_grad():
+                    model.get_submodule(layer).weight.fill_(float("nan"))
+
+    model = tiny_bert_qa(seed=3)
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=8), train_dataset=QADataset(64),
+                      callbacks=[callback, Poison()])
+    with pytest.raises(ValueError, match=rf"step 6: pruned layer\(s\) \['{layer}'\] hold NaN"):
+        trainer.train()
+    weight, mask = model.get_submodule(layer).weight, callback.pruner.masks[layer]
+    assert torch.all(weight[~mask] == 0) and torch.isnan(weight[mask]).all()
+
+
+def test_an_explicit_include_prunes_a_task_head(tmp_path):
+    config = PruningConfig(target_sparsity=0.5, pattern="1x1", start_step=1, end_step=4, frequency=1,
+                           scope="local", include=[r"qa_outputs", r"intermediate\.dense"])
+    trainer, callback = _train(tmp_path, config, max_steps=6)
+    assert "qa_outputs" in callback.pruner.masks
+    head = trainer.model.qa_outputs.weight
+    assert float((head == 0).float().mean()) == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_tied_weight_is_refused_not_pruned_with_its_twin():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_prune.pruner import Pruner
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    with pytest.raises(ValueError, match=r"lm_head.weight shares its storage with \['model.embed_tokens.weight'\]"):
+        Pruner(model, PruningConfig(target_sparsity=0.5, pattern="1x1", end_step=4, include=["lm_head"]))
+
+
+def test_stopping_before_the_target_is_logged_and_reported(tmp_path, caplog):
+    config = PruningConfig(target_sparsity=0.8, pattern="4x1", start_step=1, end_step=20, frequency=2)
+    trainer, callback = _train(tmp_path, config, max_steps=24)
+    assert callback.pruner.target_not_reached is None
+    model = tiny_bert_qa(seed=3)
+    callback = PruningTrainerCallback(config)
+
+    class StopEarly(PruningTrainerCallback.__mro__[1]):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 6
+
+    Trainer(model=model, args=_args(tmp_path, max_steps=24), train_dataset=QADataset(64),
+            callbacks=[callback, StopEarly()]).train()
+    reached = callback.pruner.sparsity()
+    assert reached < 0.8 and "before group(s) ['default'] reached their target at step 20" in caplog.text
+    report = callback.pruner.sparsity_report().to_dict()
+    assert report["target_reached"] is False and f"sparsity {reached:.4f} of the target 0.8" in report["target_not_reached"]

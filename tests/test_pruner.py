@@ -199,3 +199,33 @@ def test_bad_model_input():
         Pruner(ToyMLP(), PruningConfig(end_step=1, include=["layers"], exclude=["layers"]))
     with pytest.raises(ValueError, match="no nn.Linear module"):
         Pruner(nn.Sequential(nn.ReLU()), PruningConfig(end_step=1))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda tensors, meta: tensors.update({k: torch.full_like(v, float("nan")) for k, v in tensors.items()
+                                           if k.startswith("score.")}), "NaN or infinite"),
+    (lambda tensors, meta: tensors.update({k: torch.full(v.shape, 0.5) for k, v in tensors.items()
+                                           if k.startswith("mask.")}), "values other than 0 and 1"),
+    (lambda tensors, meta: meta.update(last_event_step="-7"), "last_event_step must be a non-negative integer"),
+    (lambda tensors, meta: meta.update(last_event_step="1e9"), "last_event_step must be a non-negative integer"),
+])
+def test_crafted_pruner_states_are_refused_naming_the_file(tmp_path, edit, message):
+    """Issues 25 (3) and 26 (9): a checkpoint's pruner state is validated before it is used."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    from hf_prune.pruner_state import read_state
+
+    pruner = Pruner(tiny_bert_qa(seed=1), PruningConfig(target_sparsity=0.5, pattern="4x1", start_step=1, end_step=2))
+    path = pruner.save_state(str(tmp_path))
+    tensors = load_file(path)
+    with safe_open(path, framework="pt") as handle:
+        meta = dict(handle.metadata())
+    edit(tensors, meta)
+    save_file(tensors, path, metadata=meta)
+    with pytest.raises(ValueError, match=message) as error:
+        read_state(str(tmp_path))
+    assert "pruner_state.safetensors" in str(error.value)
+    open(path, "wb").write(b"\x00" * 10)
+    with pytest.raises(ValueError, match="is not a readable pruner state"):
+        read_state(str(tmp_path))
