@@ -468,14 +468,10 @@ def _check_not_shared(model: nn.Module, pruned: Dict[str, nn.Module]) -> None:
     masking it would prune that other module too, which no report would list."""
     owners: Dict[int, List[str]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):
-        if parameter.numel():
-            owners.setdefault(parameter.data_ptr(), []).append(name)
+        owners.setdefault(id(parameter), []).append(name)  # transformers ties by sharing the Parameter itself
     for module_name, module in pruned.items():
-        weight = module.weight
-        if not weight.numel():
-            continue  # a sharded parameter not gathered here
         own = {f"{module_name}.weight"}
-        others = [name for name in owners.get(weight.data_ptr(), []) if name not in own
+        others = [name for name in owners.get(id(module.weight), []) if name not in own
                   and name.rsplit(".", 1)[0] not in pruned]
         if others:
             raise ValueError(f"{module_name}.weight shares its storage with {others} (tied weights): pruning it would "
