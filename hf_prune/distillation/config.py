@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import ClassVar, List, Optional
 
 from ..config_io import JsonConfigMixin
-from .layerwise import HIDDEN_LOSSES, resolve_layer_map
 from ..value_checks import finite, short
+from .layerwise import HIDDEN_LOSSES, resolve_layer_map
 
 __all__ = ["DistillationConfig", "DISTILLATION_CONFIG_NAME", "METHODS"]
 
