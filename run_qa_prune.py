@@ -13,7 +13,6 @@ The same flags as transformers' ``examples/pytorch/question-answering/run_qa.py`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -44,10 +43,10 @@ from hf_prune.config_io import load_yaml
 from hf_prune.distillation import DistillationConfig, saved_form
 from hf_prune.export import save_pruning_artifacts, write_model_card
 from hf_prune.recipe import load_recipe as check_recipe
-from hf_prune.run_outputs import (check_evaluation_output, check_output_location, mark_checkpoint, prepare_output_dir,
+from hf_prune.run_outputs import (MarkCheckpoints, check_evaluation_output, check_output_location, prepare_output_dir,
                                   publish, save_metrics, staging_dir)
 from hf_prune.slimming import load_config
-from hf_prune.value_checks import finite
+from hf_prune.value_checks import check_dataclass_numbers, one_line
 from hf_prune.patterns import get_pattern
 from hf_prune.qa import (
     QuestionAnsweringDistillationTrainer,
@@ -260,23 +259,14 @@ FLAG_RANGES = {
     "max_grad_norm": (0, None, False, False), "adam_beta1": (0, 1, False, True), "adam_beta2": (0, 1, False, True),
     "adam_epsilon": (0, None, False, False), "warmup_steps": (0, None, False, False),
     "num_train_epochs": (0, None, True, False),
-    "distill_temperature": (0, None, True, False), "distill_loss_weight": (0, None, False, False),
-    "hard_label_weight": (0, None, False, False), "feature_weight": (0, None, False, False),
-    "hidden_state_weight": (0, None, False, False), "attention_weight": (0, None, False, False),
-}
+}  # distillation weights and temperature: DistillationConfig's ranges (checked before anything loads too)
 
 
 def check_numeric_arguments(parsed: "ParsedArguments") -> None:
     """Every float flag finite and every flag of :data:`FLAG_RANGES` in its range, before anything is loaded:
     ``--weight_decay nan`` would otherwise turn every weight into NaN and still exit 0."""
     for arguments in parsed[:6]:
-        for field_info in dataclasses.fields(arguments):
-            value = getattr(arguments, field_info.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            low, high, above, below = FLAG_RANGES.get(field_info.name, (None, None, False, False))
-            if isinstance(value, float) or field_info.name in FLAG_RANGES:
-                finite(f"--{field_info.name}", value, low, high, above, below)
+        check_dataclass_numbers(arguments, FLAG_RANGES, prefix="--")
 
 
 def build_pruning_config(prune_args: PruningArguments, recipe: dict, recipe_path: Optional[Path],
@@ -421,15 +411,6 @@ def build_trainer(model, tokenizer, training_args, data_args, splits, pruning_co
     return trainer
 
 
-class MarkCheckpoints(TrainerCallback):
-    """Marks each checkpoint this script saves as its own: ``--overwrite_output_dir`` moves only marked ones."""
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if state.is_world_process_zero and os.path.isdir(folder):
-            mark_checkpoint(folder)
-
-
 def pruning_callback(trainer) -> Optional[PruningTrainerCallback]:
     return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PruningTrainerCallback)), None)
 
@@ -529,16 +510,6 @@ def main(argv: Optional[List[str]] = None,
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_tags="squad", tags=["pruning", "sparse"])
     return metrics
-
-
-#: the longest error line the command prints: a hostile file cannot make a message of megabytes
-ERROR_LINE_LIMIT = 500
-
-
-def one_line(message: str) -> str:
-    """``message`` on one line, cut to :data:`ERROR_LINE_LIMIT` characters."""
-    message = " ".join(message.split())
-    return message if len(message) <= ERROR_LINE_LIMIT else message[:ERROR_LINE_LIMIT - 5] + " ..."
 
 
 def run(argv: Optional[List[str]] = None) -> int:

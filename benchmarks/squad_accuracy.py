@@ -221,10 +221,9 @@ def execute(name: str, passthrough: List[str], budget: Optional[Budget] = None) 
         smoke = {path: os.path.join(RUNS_DIR, "smoke", os.path.basename(path)) for path in (DENSE, GPU_DENSE)}
         run = dataclasses.replace(run, student=smoke.get(run.student, run.student),
                                   teacher=smoke.get(run.teacher, run.teacher))
-    for start in (DENSE, GPU_DENSE, *(os.path.join(RUNS_DIR, "smoke", os.path.basename(p)) for p in (DENSE, GPU_DENSE))):
-        if run.student == start and not os.path.isfile(os.path.join(start, "model.safetensors")):
-            raise SystemExit(f"run {name!r} starts from (and distils from) {start}: run "
-                             f"{os.path.basename(start)!r} first")
+    if run.student.startswith(RUNS_DIR) and not os.path.isfile(os.path.join(run.student, "model.safetensors")):
+        raise SystemExit(f"run {name!r} starts from (and distils from) {run.student}: run "
+                         f"{os.path.basename(run.student)!r} first")
     output_dir = os.path.join(RUNS_DIR, "smoke" if passthrough else "", name)
     argv = run_arguments(name, run, output_dir, passthrough, budget)
     make_callback = run_qa_prune.PruningTrainerCallback

@@ -11,7 +11,7 @@ import socket
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
-__all__ = ["hub_reachable", "looks_local", "from_hub_or_local", "check_folder_links"]
+__all__ = ["hub_reachable", "looks_local", "from_hub_or_local", "check_folder_links", "resolves_inside"]
 
 Loaded = TypeVar("Loaded")
 
@@ -63,7 +63,13 @@ def check_folder_links(folder: str) -> None:
         allowed.append(os.path.join(os.path.dirname(os.path.dirname(root)), "blobs"))
     for directory, _, files in os.walk(folder):
         for name in files:
-            target = os.path.realpath(os.path.join(directory, name))
-            if not any(os.path.commonpath([base, target]) == base for base in allowed):
-                raise ValueError(f"{os.path.join(directory, name)} resolves to {target!r}, outside the folder "
-                                 f"{folder!r}: refusing to read it")
+            path = os.path.join(directory, name)
+            if not any(resolves_inside(path, base) for base in allowed):
+                raise ValueError(f"{path} resolves to {os.path.realpath(path)!r}, outside the folder {folder!r}: "
+                                 "refusing to read it")
+
+
+def resolves_inside(path: str, folder: str) -> bool:
+    """Whether ``path``, links followed, is ``folder`` or lies inside it."""
+    root = os.path.realpath(folder)
+    return os.path.commonpath([root, os.path.realpath(path)]) == root

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Dict, Set
+from typing import Dict, List, Set
 
 import torch
 from torch import nn
 
 from .lora import is_lora_module_name
 
-__all__ = ["prunable_modules", "task_head_names", "oriented", "is_transposed", "HEAD_NAME_PATTERN"]
+__all__ = ["prunable_modules", "task_head_names", "check_not_tied", "oriented", "is_transposed", "HEAD_NAME_PATTERN"]
 
 #: Names transformers gives task heads, output projections and poolers across families (BERT ``qa_outputs``/
 #: ``classifier``/``cls``/``pooler``, DistilBERT ``pre_classifier``/``vocab_projector``, BART/T5
@@ -69,3 +69,19 @@ def task_head_names(model: nn.Module, names) -> Set[str]:
     if isinstance(output, nn.Module):
         heads |= {name for name in names if model.get_submodule(name) is output}
     return heads
+
+
+def check_not_tied(model: nn.Module, pruned: Dict[str, nn.Module]) -> None:
+    """Refuse a pruned weight whose storage another parameter shares (a tied ``lm_head`` and input embedding):
+    masking it would prune that other module too, which no report would list."""
+    owners: Dict[int, List[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(parameter), []).append(name)  # transformers ties by sharing the Parameter itself
+    for module_name, module in pruned.items():
+        own = {f"{module_name}.weight"}
+        others = [name for name in owners.get(id(module.weight), []) if name not in own
+                  and name.rsplit(".", 1)[0] not in pruned]
+        if others:
+            raise ValueError(f"{module_name}.weight shares its storage with {others} (tied weights): pruning it would "
+                             f"prune them too; exclude {module_name!r}, or untie the weights "
+                             "(config.tie_word_embeddings=False) before pruning")

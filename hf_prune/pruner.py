@@ -29,7 +29,7 @@ from .groups import (PruningGroup, global_unit_counts, oriented_shape, round_kep
                      select_modules, structured_blocks)
 from .launch_modes import check_launch_mode
 from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates
-from .modules import is_transposed, oriented, prunable_modules, task_head_names
+from .modules import check_not_tied, is_transposed, oriented, prunable_modules, task_head_names
 from .patterns import get_pattern
 from .pruner_state import PRUNER_STATE_NAME, STATE_KEYS, read_config, read_state, write_state
 from .report import FROZEN, SparsityReport, sparsity_report
@@ -130,7 +130,7 @@ class Pruner:
                                            group_config.target_sparsity or 0.0)
                 groups.append(PruningGroup(group_config, pattern, get_criterion(group_config.criterion),
                                            schedule, selected, blocks))
-        _check_not_shared(model, self.modules)
+        check_not_tied(model, self.modules)
         return groups
 
     def _check_shards(self, model: nn.Module) -> None:
@@ -461,20 +461,3 @@ class Pruner:
 
     def load_state(self, directory: str) -> None:
         self.load_state_dict(read_state(directory))
-
-
-def _check_not_shared(model: nn.Module, pruned: Dict[str, nn.Module]) -> None:
-    """Refuse a pruned weight whose storage another parameter shares (a tied ``lm_head`` and input embedding):
-    masking it would prune that other module too, which no report would list."""
-    owners: Dict[int, List[str]] = {}
-    for name, parameter in model.named_parameters(remove_duplicate=False):
-        owners.setdefault(id(parameter), []).append(name)  # transformers ties by sharing the Parameter itself
-    for module_name, module in pruned.items():
-        own = {f"{module_name}.weight"}
-        others = [name for name in owners.get(id(module.weight), []) if name not in own
-                  and name.rsplit(".", 1)[0] not in pruned]
-        if others:
-            raise ValueError(f"{module_name}.weight shares its storage with {others} (tied weights): pruning it would "
-                             f"prune them too; exclude {module_name!r}, or untie the weights "
-                             "(config.tie_word_embeddings=False) before pruning")
-

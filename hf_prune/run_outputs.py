@@ -19,12 +19,13 @@ import os
 import shutil
 from typing import Dict, List, Optional
 
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["prepare_output_dir", "publish", "staging_dir", "save_metrics", "MODEL_FILES", "check_output_location",
-           "check_evaluation_output", "mark_checkpoint", "MANIFEST_NAME", "CHECKPOINT_MARKER"]
+           "check_evaluation_output", "MarkCheckpoints", "MANIFEST_NAME", "CHECKPOINT_MARKER"]
 
 MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 STAGING_NAME = ".hf_prune-staging"
@@ -147,10 +148,7 @@ def recover_interrupted(output_dir: str) -> None:
     """Undo what an interrupted run left: a set-aside earlier run comes back when no new model replaced it (and
     is deleted when one did); a staging folder holding a finished model (a publish cut off) is refused, since
     it may be the only copy."""
-    staging = os.path.join(output_dir, STAGING_NAME)
-    if os.path.isdir(staging) and any(os.path.isfile(os.path.join(staging, name)) for name in MODEL_FILES):
-        raise ValueError(f"{staging} holds a finished model that an interrupted run did not finish moving into "
-                         f"{output_dir!r}: move its files into place (or elsewhere) first")
+    _refuse_unfinished_publish(os.path.join(output_dir, STAGING_NAME), output_dir)
     previous = os.path.join(output_dir, PREVIOUS_NAME)
     if not os.path.isdir(previous):
         return
@@ -168,10 +166,22 @@ def recover_interrupted(output_dir: str) -> None:
     logger.warning("%s: the earlier run an interrupted overwrite had set aside is back in place", output_dir)
 
 
-def mark_checkpoint(checkpoint_dir: str) -> None:
-    """Mark a checkpoint folder as the script's own (an overwrite may then move it; nothing else is moved)."""
-    with open(os.path.join(checkpoint_dir, CHECKPOINT_MARKER), "w", encoding="utf-8") as handle:
-        handle.write("written by hf_prune's run_qa_prune.py\n")
+def _refuse_unfinished_publish(staging: str, output_dir: str) -> None:
+    """A staging folder holding a model is a publish that was cut off: it may hold the only copy of that model."""
+    if os.path.isdir(staging) and any(os.path.isfile(os.path.join(staging, name)) for name in MODEL_FILES):
+        raise ValueError(f"{staging} holds a finished model that an interrupted run did not finish moving into "
+                         f"{output_dir!r}: move its files into place (or elsewhere) first")
+
+
+class MarkCheckpoints(TrainerCallback):
+    """Marks each checkpoint the script saves as its own (:data:`CHECKPOINT_MARKER`): an overwrite moves only
+    marked ones."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder):
+            with open(os.path.join(folder, CHECKPOINT_MARKER), "w", encoding="utf-8") as handle:
+                handle.write("written by hf_prune's run_qa_prune.py\n")
 
 
 def last_complete_checkpoint(output_dir: str) -> Optional[str]:
@@ -193,8 +203,7 @@ def last_complete_checkpoint(output_dir: str) -> Optional[str]:
 def staging_dir(output_dir: str) -> str:
     """An empty folder inside ``output_dir`` for this run's final files (a rename away from their place)."""
     path = os.path.join(output_dir, STAGING_NAME)
-    if os.path.isdir(path) and any(os.path.isfile(os.path.join(path, name)) for name in MODEL_FILES):
-        raise ValueError(f"{path} holds a finished model an interrupted run did not finish moving: move it first")
+    _refuse_unfinished_publish(path, output_dir)
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path)
     return path

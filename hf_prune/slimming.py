@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .architectures import BASE_MODEL_TYPE_ATTRIBUTE, StructuredBlock, find_blocks, get_architecture
+from .hub_loading import resolves_inside
 from .value_checks import short
 
 logger = logging.getLogger(__name__)
@@ -238,8 +239,7 @@ def inside_folder(folder: str, name: str) -> str:
     """``folder/name``, refused when it resolves (through links) outside ``folder``: a model folder handed over by
     someone else must not make hf_prune read other files of the machine."""
     path = os.path.join(folder, name)
-    root = os.path.realpath(folder)
-    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+    if not resolves_inside(path, folder):
         raise ValueError(f"{path} resolves to {os.path.realpath(path)!r}, outside the model folder {folder!r}")
     return path
 

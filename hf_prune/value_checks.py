@@ -4,24 +4,30 @@
 - :func:`check_module_regex` — a module-name regex that cannot take exponential time: no repeated group that
   itself holds a repetition or an alternation (``(a+)+``, ``([\\w.]+)*``, ``(a|aa)*``), at most
   :data:`MAX_REGEX_LENGTH` characters.
-- :func:`short` — a value shortened for an error message, so a hostile file cannot make a 92 MB message.
+- :func:`short` — a value shortened for an error message, so a hostile file cannot make a 92 MB message;
+  :func:`one_line` — a whole message on one line of at most :data:`ERROR_LINE_LIMIT` characters.
+- :func:`check_dataclass_numbers` — :func:`finite` over an arguments dataclass, with a table of ranges.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import reprlib
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 try:  # Python >= 3.11
     from re import _parser as sre_parse  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - Python 3.9/3.10
     import sre_parse  # type: ignore[no-redef]
 
-__all__ = ["finite", "check_module_regex", "short", "MAX_REGEX_LENGTH", "MESSAGE_VALUE_LIMIT"]
+__all__ = ["finite", "check_dataclass_numbers", "check_module_regex", "short", "one_line", "MAX_REGEX_LENGTH",
+           "MESSAGE_VALUE_LIMIT", "ERROR_LINE_LIMIT"]
 
 MAX_REGEX_LENGTH = 500
 MESSAGE_VALUE_LIMIT = 200
+#: the longest error line a command prints
+ERROR_LINE_LIMIT = 500
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = MESSAGE_VALUE_LIMIT
@@ -33,6 +39,25 @@ def short(value: Any) -> str:
     """``repr(value)``, cut to about :data:`MESSAGE_VALUE_LIMIT` characters."""
     text = _REPR.repr(value)
     return text if len(text) <= MESSAGE_VALUE_LIMIT + 10 else text[:MESSAGE_VALUE_LIMIT] + "...'"
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line, cut to :data:`ERROR_LINE_LIMIT` characters."""
+    message = " ".join(message.split())
+    return message if len(message) <= ERROR_LINE_LIMIT else message[:ERROR_LINE_LIMIT - 5] + " ..."
+
+
+def check_dataclass_numbers(arguments: Any, ranges: Dict[str, Tuple[Optional[float], Optional[float], bool, bool]],
+                            prefix: str = "") -> None:
+    """Every float field of the dataclass ``arguments`` finite, and every field named in ``ranges`` (minimum,
+    maximum, minimum excluded, maximum excluded; None is open) in its range; errors name ``prefix + field``."""
+    for field_info in dataclasses.fields(arguments):
+        value = getattr(arguments, field_info.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) or field_info.name in ranges:
+            low, high, above, below = ranges.get(field_info.name, (None, None, False, False))
+            finite(prefix + field_info.name, value, low, high, above, below)
 
 
 def finite(name: str, value: Any, minimum: Optional[float] = None, maximum: Optional[float] = None,

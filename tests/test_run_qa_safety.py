@@ -12,6 +12,7 @@ import torch
 
 import run_qa_prune
 from hf_prune import PruningTrainerCallback, hub_loading
+from hf_prune.value_checks import ERROR_LINE_LIMIT
 from tests.test_run_qa_prune import FAST, workspace  # noqa: F401 (the shared tiny model and SQuAD files)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -346,7 +347,7 @@ def test_error_lines_are_bounded(files, tmp_path, capsys):
     recipe.write_text("arguments:\n  " + "x" * 100_000 + ": 1\n")
     assert run_qa_prune.run(_argv(files, tmp_path / "out", "--recipe", str(recipe))) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and len(err[0]) <= run_qa_prune.ERROR_LINE_LIMIT + 10
+    assert len(err) == 1 and len(err[0]) <= len("error: ") + ERROR_LINE_LIMIT
 
 
 def _slim_folder(files, tmp_path):
