@@ -17,7 +17,6 @@ from .export import save_pruning_artifacts
 from .launch_modes import check_sharded_trainer_args
 from .pruner import PRUNER_STATE_NAME, Pruner
 from .trainer_context import move_to_front, running_trainer, saving_checkpoint_dir
-from .value_checks import short
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +114,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         self.pruner.update_scores()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        broken = self.pruner.non_finite_layers()
-        self.pruner.apply_masks(finite=not broken)  # masked entries are zero even then
-        if broken:
-            raise ValueError(f"step {state.global_step + 1}: pruned layer(s) {short(broken)} hold NaN or infinite "
-                             "weights after the optimizer step (training diverged: lower the learning rate, train "
-                             "in fp32 or bf16 mixed precision rather than a model cast to fp16); stopping before a "
-                             "model that no figure describes is saved")
+        self.pruner.mask_after_step(state.global_step + 1)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.pruner.step(state.global_step)
@@ -159,26 +152,12 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
             self._restore_best(state, model)
         self.pruner.apply_masks()
-        self._check_target_reached(state)
+        unreached = self.pruner.note_training_end(state.global_step)
+        if unreached:
+            logger.warning("%s", unreached)
         self._tag_model(model)
         if self.save_artifacts:
             self._write_artifacts(args.output_dir, model)
-
-    def _check_target_reached(self, state) -> None:
-        """Training that stops before a group's ``end_step`` (an early stop, a shorter ``max_steps`` on resume)
-        returns a model below the target: say so in the log and in the report, with what was reached."""
-        short_of = [group for group in self.pruner.groups
-                    if not group.pattern.locked and group.schedule.end_step > state.global_step]
-        if not short_of:
-            self.pruner.target_not_reached = None
-            return
-        reached = self.pruner.sparsity()
-        message = (f"training ended at step {state.global_step}, before group(s) "
-                   f"{[group.config.name for group in short_of]} reached their target at step "
-                   f"{max(group.schedule.end_step for group in short_of)}: sparsity {reached:.4f} of the target "
-                   f"{self.pruner.config.target_sparsity}")
-        self.pruner.target_not_reached = message
-        logger.warning("%s", message)
 
     def _tag_model(self, model) -> None:
         """Model tags, which the Trainer writes into the card it pushes (with or without an evaluation logged):

@@ -11,13 +11,17 @@ from .value_checks import short
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JsonConfigMixin", "load_yaml"]
+__all__ = ["JsonConfigMixin", "load_yaml", "FORMAT_KEY", "FORMAT_VERSION"]
+
+#: the key a saved config file records its format in; a file of a higher format comes from a newer hf_prune
+FORMAT_KEY = "hf_prune_format"
+FORMAT_VERSION = 1
 
 
 class JsonConfigMixin:
-    """``to_dict``/``from_dict`` and ``save_pretrained``/``from_pretrained`` (sorted JSON), strict both ways: an
-    unknown key is a typo (``targt_sparsity``) or a newer hf_prune's field, and dropping it would change the
-    config's meaning silently."""
+    """``to_dict``/``from_dict`` and ``save_pretrained``/``from_pretrained`` (sorted JSON). A saved file records
+    :data:`FORMAT_KEY`; an unknown key is refused naming it (a typo such as ``targt_sparsity`` would otherwise load
+    as the default), except in a file of a newer format, whose new keys are dropped with a warning."""
 
     config_name: ClassVar[str]
     config_kind: ClassVar[str]
@@ -46,7 +50,7 @@ class JsonConfigMixin:
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, self.config_name)
         with open(path, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
+            json.dump({**self.to_dict(), FORMAT_KEY: FORMAT_VERSION}, handle, indent=2, sort_keys=True)
             handle.write("\n")
         return path
 
@@ -61,7 +65,16 @@ class JsonConfigMixin:
                 data = json.load(handle)
             except ValueError as err:
                 raise ValueError(f"{file} is not valid JSON: {err}") from None
-        return cls.from_dict(data, source=file)  # an unknown key (a typo, or a newer hf_prune's) is refused
+        if not isinstance(data, dict):
+            return cls.from_dict(data, source=file)  # refused there, naming the file
+        version = data.pop(FORMAT_KEY, 0)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ValueError(f"{file}: {FORMAT_KEY} must be a non-negative integer, got {short(version)}")
+        newer = sorted(set(data) - set(cls.field_names())) if version > FORMAT_VERSION else []
+        if newer:
+            logger.warning("%s: dropping keys %s of a newer hf_prune (format %d; this one reads %d)", file, newer,
+                           version, FORMAT_VERSION)
+        return cls.from_dict({key: value for key, value in data.items() if key not in newer}, source=file)
 
 
 #: bounds on a YAML file hf_prune reads: recipes and configs are a few KB and a few levels deep

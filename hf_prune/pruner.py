@@ -35,6 +35,7 @@ from .pruner_state import PRUNER_STATE_NAME, STATE_KEYS, read_config, read_state
 from .report import FROZEN, SparsityReport, sparsity_report
 from .schedules import PruningSchedule
 from .sharding import WeightShards, full_shape, local_gradient, local_shape, local_values, mask_all_
+from .value_checks import short
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +242,27 @@ class Pruner:
         finite = not self.non_finite_layers() if finite is None else finite
         for masks, attribute in ((self.masks, "weight"), (self.bias_masks, "bias")):
             mask_all_([getattr(self.modules[name], attribute) for name in masks], list(masks.values()), finite)
+
+    def mask_after_step(self, step: int) -> None:
+        """After an optimizer step: mask (exactly, even over NaN), and stop the run when a pruned weight is not
+        finite, naming ``step`` and the layers: a model that diverged must not be saved as the reported one."""
+        broken = self.non_finite_layers()
+        self.apply_masks(finite=not broken)
+        if broken:
+            raise ValueError(f"step {step}: pruned layer(s) {short(broken)} hold NaN or infinite weights after the "
+                             "optimizer step (training diverged: lower the learning rate, train in fp32 or bf16 "
+                             "mixed precision rather than a model cast to fp16); stopping before a model that no "
+                             "figure describes is saved")
+
+    def note_training_end(self, step: int) -> Optional[str]:
+        """Record (for :meth:`sparsity_report`) and return what was reached when training ended at ``step`` before
+        a group's ``end_step`` (an early stop); None when every group reached its target."""
+        short_of = [group for group in self.groups if not group.pattern.locked and group.schedule.end_step > step]
+        self.target_not_reached = None if not short_of else (
+            f"training ended at step {step}, before group(s) {[group.config.name for group in short_of]} reached "
+            f"their target at step {max(group.schedule.end_step for group in short_of)}: sparsity "
+            f"{self.sparsity():.4f} of the target {self.config.target_sparsity}")
+        return self.target_not_reached
 
     @torch.no_grad()
     def non_finite_layers(self) -> List[str]:

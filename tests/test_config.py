@@ -31,6 +31,20 @@ def test_from_pretrained_refuses_unknown_keys(tmp_path):
         PruningConfig.from_pretrained(str(tmp_path))
 
 
+def test_a_newer_format_drops_its_new_keys_with_a_warning(tmp_path, caplog):
+    path = PruningConfig(end_step=5).save_pretrained(str(tmp_path))
+    data = json.loads(open(path).read())
+    assert data["hf_prune_format"] == 1
+    data.update(hf_prune_format=2, future_option=1)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(data))
+    assert PruningConfig.from_pretrained(str(tmp_path)).end_step == 5
+    assert "future_option" in caplog.text
+    data.update(hf_prune_format=1)  # the same key in a file of this format is a typo: refused
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"unknown pruning config key\(s\) \['future_option'\]"):
+        PruningConfig.from_pretrained(str(tmp_path))
+
+
 def test_from_dict_is_strict():
     with pytest.raises(ValueError, match=r"unknown pruning config key\(s\) \['sparsity'\]"):
         PruningConfig.from_dict({"sparsity": 0.5})
