@@ -19,7 +19,7 @@ from .schedules import PruningSchedule
 from .sharding import full_shape
 
 __all__ = ["PruningGroup", "oriented_shape", "schedule_steps", "select_modules", "structured_blocks",
-           "global_unit_counts"]
+           "global_unit_counts", "round_kept_units", "check_units_reachable"]
 
 
 @dataclass
@@ -153,3 +153,23 @@ def round_kept_units(num_units: int, pruned: int, multiple: int) -> int:
     kept = num_units - pruned
     kept = min(num_units, max(multiple, multiple * round(kept / multiple)))
     return num_units - kept
+
+
+def check_units_reachable(config: PruningConfig, blocks: List[StructuredBlock]) -> None:
+    """Refuse, before training, a head/channel group that ``keep_multiple_of`` keeps from pruning: a layer with no
+    more units than the multiple keeps them all, and a target above what the rounding allows is never reached."""
+    multiple = config.keep_multiple_of
+    if multiple <= 1 or not blocks:
+        return
+    stuck = [block for block in blocks if block.num_units <= multiple]
+    if stuck:
+        raise ValueError(f"group {config.name!r}: keep_multiple_of={multiple} but {stuck[0].name} has "
+                         f"{stuck[0].num_units} {stuck[0].kind} units ({len(stuck)} of {len(blocks)} layers have at "
+                         f"most {multiple}): they can never be pruned; use a keep_multiple_of below the unit count")
+    prunable = sum(block.num_units - multiple for block in blocks)
+    reachable = prunable / sum(block.num_units for block in blocks)
+    target = config.target_sparsity or 0.0
+    if target > reachable + 1e-9:
+        raise ValueError(f"group {config.name!r}: target_sparsity {target} cannot be reached with keep_multiple_of="
+                         f"{multiple} (every layer keeps at least {multiple} units: at most {reachable:.4f}); lower "
+                         "the target or keep_multiple_of")

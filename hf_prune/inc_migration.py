@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from .config import DEFAULT_EXCLUDE, PruningConfig
+from .value_checks import short
 
 __all__ = ["from_inc", "INC_KEYS"]
 
@@ -27,6 +28,10 @@ INC_KEYS = ("target_sparsity", "pruning_type", "criterion_type", "pattern", "op_
             "start_step", "end_step", "pruning_scope", "pruning_frequency", "min_sparsity_ratio_per_op",
             "max_sparsity_ratio_per_op", "sparsity_decay_type", "pruning_op_types", "criterion_reduce_type",
             *NEUTRAL_VALUES)
+#: INC keys whose value is one string, and those whose value is a list of strings.
+STRING_KEYS = ("pruning_type", "pattern", "pruning_scope", "sparsity_decay_type")
+OPTIONAL_STRING_KEYS = ("criterion_type", "criterion_reduce_type", "name")
+LIST_KEYS = ("op_names", "excluded_op_names", "pruning_op_types")
 #: Modules that can never be pruned by hf_prune's selection in a config that has per-op groups only: INC prunes
 #: just the ops its ``pruning_configs`` name, so the top-level (catch-all) group must select nothing.
 _NOTHING_ELSE = [r".*"]
@@ -39,11 +44,15 @@ def from_inc(pruning_configs: Optional[List[Dict[str, Any]]] = None, **global_ke
     pruned (each dict becomes a group); without, the global keys prune every Linear (task heads excluded).
     """
     _check_keys(global_keys, "WeightPruningConfig")
-    local = [dict(entry) for entry in (pruning_configs or []) if entry]   # INC's default is [{}]: no per-op dict
-    for index, entry in enumerate(local):
+    if pruning_configs is not None and not isinstance(pruning_configs, (list, tuple)):
+        raise ValueError(f"pruning_configs must be a list of dicts of INC keys, got {short(pruning_configs)} "
+                         f"({type(pruning_configs).__name__})")
+    for index, entry in enumerate(pruning_configs or []):
         if not isinstance(entry, dict):
-            raise ValueError(f"pruning_configs[{index}] must be a dict of INC keys, got {entry!r}")
+            raise ValueError(f"pruning_configs[{index}] must be a dict of INC keys, got {short(entry)} "
+                             f"({type(entry).__name__})")
         _check_keys(entry, f"pruning_configs[{index}]")
+    local = [dict(entry) for entry in (pruning_configs or []) if entry]   # INC's default is [{}]: no per-op dict
     top = _translate({**INC_DEFAULTS, **global_keys}, "WeightPruningConfig")
     if not local:
         return PruningConfig(**top)
@@ -62,11 +71,28 @@ def _check_keys(keys: Dict[str, Any], where: str) -> None:
     if unknown:
         raise ValueError(f"{where}: INC key(s) {unknown} are not INC WeightPruningConfig keys hf_prune knows; "
                          f"known: {', '.join(INC_KEYS)}")
+    _check_types(keys, where)
     for key, allowed in NEUTRAL_VALUES.items():
         if key in keys and keys[key] not in allowed:
             raise ValueError(f"{where}: {key}={keys[key]!r} is not supported by hf_prune (only {allowed[0]!r}, INC's "
                              "default)" + (": to fine-tune a pruned checkpoint keeping its zeros use pattern 'lock'"
                                            if key == "resume_from_pruned_checkpoint" else ""))
+
+
+def _check_types(keys: Dict[str, Any], where: str) -> None:
+    """INC's string keys must be strings and its name lists lists of strings: ``op_names="layer"`` would otherwise
+    be read letter by letter, and ``pruning_type=None`` would end in a traceback."""
+    for key in STRING_KEYS + OPTIONAL_STRING_KEYS:
+        if key in keys and not isinstance(keys[key], str) and not (key in OPTIONAL_STRING_KEYS and keys[key] is None):
+            raise ValueError(f"{where}: {key} must be a string, got {short(keys[key])} ({type(keys[key]).__name__})")
+    for key in LIST_KEYS:
+        value = keys.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) \
+                or not all(isinstance(item, str) for item in value):
+            hint = f" (a single string: write [{value!r}])" if isinstance(value, str) else ""
+            raise ValueError(f"{where}: {key} must be a list of strings, got {short(value)}{hint}")
 
 
 def _translate(keys: Dict[str, Any], where: str) -> Dict[str, Any]:

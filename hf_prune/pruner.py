@@ -25,8 +25,8 @@ from .architectures import StructuredBlock
 from .calibration import InputNorms, run_calibration
 from .config import PruningConfig
 from .criteria import get_criterion
-from .groups import (PruningGroup, global_unit_counts, oriented_shape, round_kept_units, schedule_steps,
-                     select_modules, structured_blocks)
+from .groups import (PruningGroup, check_units_reachable, global_unit_counts, oriented_shape, round_kept_units,
+                     schedule_steps, select_modules, structured_blocks)
 from .launch_modes import check_launch_mode
 from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates
 from .modules import check_not_tied, is_transposed, oriented, prunable_modules, task_head_names
@@ -112,6 +112,7 @@ class Pruner:
             blocks = []
             if pattern.structured:  # whole units: the group prunes its blocks' modules, nothing else
                 blocks = structured_blocks(model, pattern, group_config, selected)
+                check_units_reachable(group_config, blocks)
                 selected = [member for block in blocks for member in block.members]
             if not selected and not (is_default and config.groups):
                 raise ValueError(

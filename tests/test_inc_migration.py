@@ -106,3 +106,17 @@ def test_same_config_same_target_and_pattern_as_inc(tmp_path):
         encoder = [row for row in report.layers if "encoder" in row.name]
         assert sum(r.zeros for r in encoder) / sum(r.numel for r in encoder) == pytest.approx(0.5, abs=0.02), tool
     assert results["hf_prune"].linear_sparsity == pytest.approx(results["inc"].linear_sparsity, abs=0.02)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: PruningConfig.from_inc(op_names="layer"), r"op_names must be a list of strings, got 'layer' \(a single string"),
+    (lambda: PruningConfig.from_inc(excluded_op_names=[3]), "excluded_op_names must be a list of strings"),
+    (lambda: PruningConfig.from_inc([5]), r"pruning_configs\[0\] must be a dict of INC keys, got 5 \(int\)"),
+    (lambda: PruningConfig.from_inc("layer"), "pruning_configs must be a list of dicts"),
+    (lambda: PruningConfig.from_inc(pruning_type=None), r"pruning_type must be a string, got None"),
+    (lambda: PruningConfig.from_inc(pattern=4), r"pattern must be a string, got 4 \(int\)"),
+    (lambda: PruningConfig.from_inc([{"op_names": "layer"}]), r"pruning_configs\[0\]: op_names must be a list"),
+])
+def test_wrong_types_are_refused_naming_the_key(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -154,3 +154,18 @@ def test_keep_multiple_of_is_refused_where_no_units_are_removed():
         PruningConfig(pattern="channel", keep_multiple_of=0)
     config = PruningConfig(pattern="head", groups=[{"include": FFN, "pattern": "channel", "keep_multiple_of": 64}])
     assert [group.keep_multiple_of for group in config.resolved_groups()] == [64, 1]
+
+
+def test_keep_multiple_of_that_leaves_layers_unpruned_or_misses_the_target_is_refused_before_training():
+    model = tiny_bert_qa(intermediate_size=96, num_hidden_layers=2)  # 4 heads per layer
+    with pytest.raises(ValueError, match=r"keep_multiple_of=4 but .* has 4 head units .*can never be pruned"):
+        Pruner(model, PruningConfig(pattern="head", criterion="magnitude", start_step=0, end_step=0,
+                                    keep_multiple_of=4, include=["attention"]))
+    # 96 channels kept in multiples of 64: at most 32 of 96 pruned per layer (0.3333), below the 0.5 asked
+    with pytest.raises(ValueError, match=r"target_sparsity 0.5 cannot be reached with keep_multiple_of=64 .*0\.3333"):
+        Pruner(model, PruningConfig(target_sparsity=0.5, pattern="channel", criterion="magnitude", start_step=0,
+                                    end_step=0, include=FFN, keep_multiple_of=64))
+    pruner = Pruner(model, PruningConfig(target_sparsity=0.3, pattern="channel", criterion="magnitude",
+                                         start_step=0, end_step=0, include=FFN, keep_multiple_of=64))
+    pruner.step(0)
+    assert pruner.sparsity() == pytest.approx(1 / 3)
