@@ -57,6 +57,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         self._args = self._trainer_state = None  # the Trainer's, kept for ``state()`` (called without them)
         self._saved: Optional[tuple] = None  # (folder, step) of the checkpoint this callback has completed
         self._scores_in_engine_step = False  # ZeRO-3: DeepSpeed's step scores (its gradients are gone afterwards)
+        self._best_restored: Optional[str] = None  # the best checkpoint whose masks were taken (load_best_model_at_end)
 
     # ---- training events ---------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -137,6 +138,11 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         if isinstance(loss, float) and not math.isfinite(loss) and not args.fp16:  # fp16: the scaler skips those
             raise ValueError(f"step {state.global_step}: the training loss is {loss} (training diverged); stopping "
                              "before a model that no figure describes is saved")
+        if "train_runtime" in logs and self._returns_best(args, state):
+            # the run's summary, logged just before the Trainer loads the best checkpoint's weights: take its masks
+            # now, so the returned metrics, *_results.json and the last logged point describe the returned model
+            self._restore_best(state)
+            logs["best_model_checkpoint"] = state.best_model_checkpoint
         if any(key.startswith("eval_") for key in logs):  # evaluation results: the Trainer's model card shows them
             metrics = {"eval_sparsity": round(self.pruner.sparsity(), 4),
                        "eval_target_sparsity": self.pruner.config.target_sparsity}
@@ -149,8 +155,8 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
             state.log_history[-1].update(metrics)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if args.load_best_model_at_end and state.best_model_checkpoint is not None:
-            self._restore_best(state, model)
+        if self._returns_best(args, state):
+            self._restore_best(state)
         self.pruner.apply_masks()
         unreached = self.pruner.note_training_end(state.global_step)
         if unreached:
@@ -204,16 +210,20 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         if self._args is None or self._args.should_save:
             save_pruning_artifacts(folder, report, self.pruner.config)
 
-    def _restore_best(self, state, model) -> None:
-        """The Trainer has loaded the best checkpoint's weights: its masks come with them, so the returned model,
-        the masks and every reported figure describe the same weights."""
+    @staticmethod
+    def _returns_best(args, state) -> bool:
+        return bool(args.load_best_model_at_end) and state.best_model_checkpoint is not None
+
+    def _restore_best(self, state) -> None:
+        """The Trainer returns the best checkpoint's weights: its masks come with them (once), so the returned
+        model, the masks and every reported figure describe the same weights."""
+        if self._best_restored == state.best_model_checkpoint:
+            return
         self.pruner.load_state(state.best_model_checkpoint)
-        measured = self.pruner.sparsity_report().pruned_sparsity
+        self._best_restored = state.best_model_checkpoint
         logger.warning("load_best_model_at_end: returning %s (sparsity %.4f of the pruned layers; the schedule's "
-                       "target is %.4f)", state.best_model_checkpoint, measured, self.pruner.config.target_sparsity)
-        summary = next((entry for entry in reversed(state.log_history) if "train_runtime" in entry), None)
-        if summary is not None:
-            summary.update(sparsity=round(self.pruner.sparsity(), 4), best_model_checkpoint=state.best_model_checkpoint)
+                       "target is %.4f)", state.best_model_checkpoint, self.pruner.sparsity(),
+                       self.pruner.config.target_sparsity)
 
     def _resolved_config(self, max_steps: int, checkpoint: Optional[str]) -> PruningConfig:
         """The config resolved at the run's first ``on_train_begin``; on resume, the one the checkpoint holds."""

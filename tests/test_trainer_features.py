@@ -40,10 +40,11 @@ BEST = dict(eval_strategy="steps", eval_steps=2, save_strategy="steps", save_ste
 def test_load_best_model_returns_the_best_checkpoint_with_its_masks(tmp_path):
     config = PruningConfig(target_sparsity=0.8, pattern="4x1", start_step=2, end_step=10, frequency=2)
     callback = PruningTrainerCallback(config)
+    logged = LastLogged()   # stands for TensorBoard / W&B: what they record as the run's last point
     trainer = Trainer(model=tiny_bert_qa(seed=3), args=_args(tmp_path, **BEST), train_dataset=QADataset(96),
                       eval_dataset=QADataset(16, seed=1), compute_metrics=best_at_evaluation(2),
-                      callbacks=[callback])
-    trainer.train()
+                      callbacks=[logged, callback])
+    returned = trainer.train().metrics
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-4")
     best = load_file(os.path.join(trainer.state.best_model_checkpoint, "model.safetensors"))
     for key, value in trainer.model.state_dict().items():
@@ -56,6 +57,14 @@ def test_load_best_model_returns_the_best_checkpoint_with_its_masks(tmp_path):
     assert report["sparsity_pruned_layers"] == pytest.approx(measured, abs=1e-6)
     summary = next(entry for entry in trainer.state.log_history if "train_runtime" in entry)
     assert summary["sparsity"] == pytest.approx(measured, abs=1e-4)
+    assert returned["sparsity"] == pytest.approx(measured, abs=1e-4)   # train_results.json / all_results.json
+    assert logged.last["sparsity"] == pytest.approx(measured, abs=1e-4)
+    assert returned["best_model_checkpoint"] == trainer.state.best_model_checkpoint
+
+
+class LastLogged(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.last = dict(logs)
 
 
 # 2 ------------------------------------------------------------------------------------------------------------
