@@ -73,7 +73,10 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
                 logger.info("pruning group %r: %s %.2f over %d layers, events at steps %s", group.config.name,
                             group.pattern.name, group.config.target_sparsity, len(group.names),
                             group.schedule.event_steps())
-        self._check_schedule_fits(state.max_steps)
+        elif checkpoint is None and self.pruner.last_event_step is not None:
+            self._continue_on_pruned_model()  # a second run (a new Trainer) on the model this callback pruned
+        if not self.pruner.schedule_finished:
+            self._check_schedule_fits(state.max_steps)
         if self.pruner.shards.collective:
             check_sharded_trainer_args(args)
         self._scores_in_engine_step = self.pruner.shards.zero3 and self.pruner.ranks_by_gradient
@@ -87,6 +90,21 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
             if self.pruner.needs_calibration and any(g.schedule.is_event(0) for g in self.pruner.groups):
                 self._calibrate(trainer)
             self.pruner.step(0)  # a schedule that starts at step 0 (magnitude, wanda) prunes before training
+
+    def _continue_on_pruned_model(self) -> None:
+        """Training the model again with this callback (a new Trainer counts steps from 0): a finished schedule's
+        masks are kept as they are; an unfinished one would restart and let pruned weights grow back, so it is
+        refused with the two ways that keep what was reached."""
+        pruner = self.pruner
+        if not pruner.schedule_finished:
+            end = max(group.schedule.end_step for group in pruner.groups if not group.pattern.locked)
+            raise ValueError(f"this PruningTrainerCallback already pruned this model (last event at step "
+                             f"{pruner.last_event_step}, sparsity {pruner.sparsity():.4f}) and its schedule reaches the "
+                             f"target at step {end}; a new training run counts steps from 0 and would restart it: "
+                             "continue the first run with trainer.train(resume_from_checkpoint=...), or keep the zeros "
+                             "reached with a new PruningTrainerCallback(PruningConfig(pattern='lock'))")
+        logger.info("this callback's schedule finished in an earlier run: training on with its masks (sparsity %.4f), "
+                    "no further pruning events", pruner.sparsity())
 
     def _calibrate(self, trainer) -> None:
         """A step-0 event of an activation criterion (wanda) needs inputs: run calibration batches of the
@@ -118,7 +136,8 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         self.pruner.mask_after_step(state.global_step + 1)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.pruner.step(state.global_step)
+        if not self.pruner.schedule_finished:  # a second run keeps the masks its first run reached
+            self.pruner.step(state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
         # every rank: a sharded state is gathered here; an unsharded one was written in ``state()`` (unless the

@@ -255,10 +255,18 @@ class Pruner:
                              "mixed precision rather than a model cast to fp16); stopping before a model that no "
                              "figure describes is saved")
 
+    @property
+    def schedule_finished(self) -> bool:
+        """Every group has had its last event: the masks are final."""
+        return all(group.pattern.locked or (self.last_event_step is not None
+                                            and group.schedule.end_step <= self.last_event_step)
+                   for group in self.groups)
+
     def note_training_end(self, step: int) -> Optional[str]:
         """Record (for :meth:`sparsity_report`) and return what was reached when training ended at ``step`` before
         a group's ``end_step`` (an early stop); None when every group reached its target."""
-        short_of = [group for group in self.groups if not group.pattern.locked and group.schedule.end_step > step]
+        short_of = [] if self.schedule_finished else [
+            group for group in self.groups if not group.pattern.locked and group.schedule.end_step > step]
         self.target_not_reached = None if not short_of else (
             f"training ended at step {step}, before group(s) {[group.config.name for group in short_of]} reached "
             f"their target at step {max(group.schedule.end_step for group in short_of)}: sparsity "

@@ -222,3 +222,30 @@ def test_stopping_before_the_target_is_logged_and_reported(tmp_path, caplog):
     assert reached < 0.8 and "before group(s) ['default'] reached their target at step 20" in caplog.text
     report = callback.pruner.sparsity_report().to_dict()
     assert report["target_reached"] is False and f"sparsity {reached:.4f} of the target 0.8" in report["target_not_reached"]
+
+
+@pytest.mark.parametrize("second_steps", [10, 20])
+def test_a_callback_reused_on_the_model_it_pruned_keeps_its_masks(tmp_path, second_steps):
+    config = PruningConfig(target_sparsity=0.8, pattern="4x1", start_step=2, end_step=15, frequency=1)
+    trainer, callback = _train(tmp_path, config, max_steps=16)
+    masks = {name: mask.clone() for name, mask in callback.pruner.masks.items()}
+    reached = callback.pruner.sparsity()
+    second = Trainer(model=trainer.model, args=_args(tmp_path / "again", max_steps=second_steps),
+                     train_dataset=QADataset(96), callbacks=[callback])
+    second.train()
+    logged = [entry["sparsity"] for entry in second.state.log_history if "sparsity" in entry]
+    assert logged and all(value == pytest.approx(reached, abs=1e-4) for value in logged)   # never falls
+    assert all(torch.equal(masks[name], mask) for name, mask in callback.pruner.masks.items())
+    _assert_masked_zero(second.model, callback.pruner)
+    assert callback.pruner.target_not_reached is None
+
+
+def test_a_callback_reused_before_its_schedule_finished_is_refused_with_true_advice(tmp_path):
+    config = PruningConfig(target_sparsity=0.8, pattern="4x1", start_step=2, end_step=30, frequency=2)
+    trainer, callback = _train(tmp_path, config, max_steps=32)
+    callback.pruner.last_event_step = 10  # as if the first run had stopped early, at step 10
+    second = Trainer(model=trainer.model, args=_args(tmp_path / "again", max_steps=10), train_dataset=QADataset(96),
+                     callbacks=[callback])
+    with pytest.raises(ValueError, match=r"already pruned this model \(last event at step 10.*reaches the target at "
+                                         r"step 30.*resume_from_checkpoint.*pattern='lock'"):
+        second.train()
