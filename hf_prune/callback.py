@@ -15,7 +15,9 @@ from .deepspeed_step import score_inside_step
 from .distillation.saved_form import saved_form
 from .export import save_pruning_artifacts
 from .launch_modes import check_sharded_trainer_args
+from .model_metadata import config_owner, record_pruning
 from .pruner import PRUNER_STATE_NAME, Pruner
+from .report import FROZEN
 from .trainer_context import move_to_front, running_trainer, saving_checkpoint_dir
 
 logger = logging.getLogger(__name__)
@@ -57,11 +59,13 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         self._args = self._trainer_state = None  # the Trainer's, kept for ``state()`` (called without them)
         self._saved: Optional[tuple] = None  # (folder, step) of the checkpoint this callback has completed
         self._scores_in_engine_step = False  # ZeRO-3: DeepSpeed's step scores (its gradients are gone afterwards)
+        self._trainer = None  # the running Trainer, when found (TRL's card tags live on it)
         self._best_restored: Optional[str] = None  # the best checkpoint whose masks were taken (load_best_model_at_end)
 
     # ---- training events ---------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         trainer, resumed_from = running_trainer()
+        self._trainer = trainer
         if trainer is not None:
             move_to_front(trainer.callback_handler.callbacks, self)  # reporting integrations then see `sparsity`
         self._args, self._trainer_state = args, state
@@ -82,7 +86,6 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         self._scores_in_engine_step = self.pruner.shards.zero3 and self.pruner.ranks_by_gradient
         if self._scores_in_engine_step:
             self._score_inside_deepspeed_step(trainer)
-        self._tag_model(model)
         if checkpoint is not None:
             self.pruner.load_state(checkpoint)
             self.pruner.apply_masks()
@@ -90,6 +93,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
             if self.pruner.needs_calibration and any(g.schedule.is_event(0) for g in self.pruner.groups):
                 self._calibrate(trainer)
             self.pruner.step(0)  # a schedule that starts at step 0 (magnitude, wanda) prunes before training
+        self._describe_model(model)
 
     def _continue_on_pruned_model(self) -> None:
         """Training the model again with this callback (a new Trainer counts steps from 0): a finished schedule's
@@ -135,9 +139,9 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.pruner.mask_after_step(state.global_step + 1)
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if not self.pruner.schedule_finished:  # a second run keeps the masks its first run reached
-            self.pruner.step(state.global_step)
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if not self.pruner.schedule_finished and self.pruner.step(state.global_step):  # a second run keeps its masks
+            self._describe_model(model)
 
     def on_save(self, args, state, control, **kwargs):
         # every rank: a sharded state is gathered here; an unsharded one was written in ``state()`` (unless the
@@ -146,7 +150,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
 
     def on_push_begin(self, args, state, control, model=None, **kwargs):
         self._save_into_checkpoint(every_rank=False)
-        self._tag_model(model)
+        self._describe_model(model)
         if self.save_artifacts:
             self._write_artifacts(args.output_dir, model)
 
@@ -180,20 +184,31 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
         unreached = self.pruner.note_training_end(state.global_step)
         if unreached:
             logger.warning("%s", unreached)
-        self._tag_model(model)
+        self._describe_model(model)
         if self.save_artifacts:
             self._write_artifacts(args.output_dir, model)
 
-    def _tag_model(self, model) -> None:
-        """Model tags, which the Trainer writes into the card it pushes (with or without an evaluation logged):
-        hf_prune, the patterns, the target and the sparsity measured now on the pruned layers."""
-        if self.pruner is None or not hasattr(model, "add_model_tags"):
+    def _describe_model(self, model) -> None:
+        """What the model says of itself wherever it is saved: the ``pruning`` section of its config (the pruning
+        config, the measured sparsity, the pruned layers; see :mod:`hf_prune.model_metadata`) and its tags, which
+        the Trainer writes into the card it pushes: hf_prune, the patterns, the target and the measured sparsity.
+        Called whenever the masks change, so a model saved at any moment, by any path, states its own weights."""
+        if self.pruner is None or model is None:
             return
-        kept = [tag for tag in (getattr(model, "model_tags", None) or []) if not tag.startswith(SPARSITY_TAG_PREFIXES)]
-        model.model_tags = kept
-        measured = self.pruner.sparsity_report().pruned_sparsity
-        model.add_model_tags(["hf_prune", "pruning", "sparse", *self.pruner.config.pattern_names(),
-                              f"target-sparsity-{self.pruner.config.target_sparsity:.2f}", f"sparsity-{measured:.4f}"])
+        with saved_form(model):
+            report = self.pruner.sparsity_report()
+        patterns = {name: pattern for name, pattern in self.pruner.patterns().items() if pattern != FROZEN}
+        record_pruning(model, self.pruner.config.to_dict(), report.to_dict(), patterns)
+        tags = ["hf_prune", "pruning", "sparse", *self.pruner.config.pattern_names(),
+                f"target-sparsity-{self.pruner.config.target_sparsity:.2f}", f"sparsity-{report.pruned_sparsity:.4f}"]
+        owner = config_owner(model) or model  # a PEFT model's tags are its base model's: one list, not two
+        if hasattr(owner, "add_model_tags"):
+            owner.model_tags = _without_sparsity_tags(getattr(owner, "model_tags", None))
+            owner.add_model_tags(tags)
+        if isinstance(getattr(self._trainer, "_tag_names", None), list):
+            # TRL's trainers write their card from their own tag list, not the model's
+            self._trainer._tag_names = _without_sparsity_tags(self._trainer._tag_names) + [
+                tag for tag in tags if tag not in self._trainer._tag_names]
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -240,6 +255,7 @@ class PruningTrainerCallback(TrainerCallback, ExportableState):
             return
         self.pruner.load_state(state.best_model_checkpoint)
         self._best_restored = state.best_model_checkpoint
+        self._describe_model(self.pruner.model)
         logger.warning("load_best_model_at_end: returning %s (sparsity %.4f of the pruned layers; the schedule's "
                        "target is %.4f)", state.best_model_checkpoint, self.pruner.sparsity(),
                        self.pruner.config.target_sparsity)
@@ -284,6 +300,10 @@ def add_pruning_callback(trainer, config: Union[PruningConfig, dict, str, Traine
     callback = config if isinstance(config, TrainerCallback) else PruningTrainerCallback(config)
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback
+
+
+def _without_sparsity_tags(tags) -> list:
+    return [tag for tag in (tags or []) if not tag.startswith(SPARSITY_TAG_PREFIXES)]
 
 
 def _unscale_gradients(optimizer) -> None:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional
 
 from .config_io import JsonConfigMixin, load_yaml
 from .criteria import CRITERIA
+from .model_metadata import read_pruning_section
 from .modules import HEAD_NAME_PATTERN
 from .patterns import get_pattern
 from .schedules import SCHEDULES
@@ -260,6 +262,16 @@ class PruningConfig(JsonConfigMixin):
         from .inc_migration import from_inc
 
         return from_inc(pruning_configs, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "PruningConfig":
+        """Load ``pruning_config.json`` from a folder (or the file itself); from a model folder without one, the
+        ``pruning`` section of its ``config.json`` (which every save of a pruned model writes)."""
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, CONFIG_NAME)):
+            section = read_pruning_section(path)
+            if section is not None:
+                return cls.from_dict(section["config"], source=f"{os.path.join(path, 'config.json')} 'pruning'")
+        return super().from_pretrained(path)
 
     @classmethod
     def from_yaml(cls, path: str) -> "PruningConfig":

@@ -28,7 +28,9 @@ from .criteria import get_criterion
 from .groups import (PruningGroup, check_units_reachable, global_unit_counts, oriented_shape, round_kept_units,
                      schedule_steps, select_modules, structured_blocks)
 from .launch_modes import check_launch_mode
-from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates
+from .export import save_pruning_artifacts
+from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates, save_in_merged_form
+from .model_metadata import read_pruning_section, recorded_layers
 from .modules import check_not_tied, is_transposed, oriented, prunable_modules, task_head_names
 from .patterns import get_pattern
 from .pruner_state import PRUNER_STATE_NAME, STATE_KEYS, read_config, read_state, write_state
@@ -91,6 +93,8 @@ class Pruner:
         self.input_sums: Dict[str, torch.Tensor] = self.input_norms.sums if self.input_norms else {}
         if mask_lora_updates(model, self.masks):
             logger.info("LoRA updates of pruned base layers are masked: merge_and_unload() keeps the zeros")
+            save_in_merged_form(model, self.masks, lambda folder: save_pruning_artifacts(
+                folder, self.sparsity_report(), self.config))
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _build_groups(self, model: nn.Module, config: PruningConfig) -> List[PruningGroup]:
@@ -98,6 +102,7 @@ class Pruner:
         if not linears:
             raise ValueError(f"{type(model).__name__} has no nn.Linear module (nor Conv1D) to prune")
         heads = task_head_names(model, linears)
+        recorded = recorded_layers(model)  # the pruned layers a pruned model's config.json names
         claimed: Dict[str, str] = {}
         groups = []
         group_configs = config.resolved_groups()
@@ -107,6 +112,8 @@ class Pruner:
             selected = select_modules(list(linears), group_config, claimed)
             if group_config.include is None:  # heads are pruned only when an include names them
                 selected = [name for name in selected if name not in heads]
+                if pattern.locked and recorded is not None:  # "lock" keeps the layers the model's config records
+                    selected = [name for name in selected if name in recorded]
             if get_criterion(group_config.criterion).needs_gradient and not pattern.locked:
                 selected = self._drop_frozen(selected, group_config)
             blocks = []
@@ -180,11 +187,24 @@ class Pruner:
                 raise ValueError(f"pattern 'lock' (group {group.config.name!r}): target_sparsity {stated} was given but "
                                  f"the selected layers hold {measured:.4f} zeros; leave target_sparsity unset to keep "
                                  "what was loaded")
+            self._check_recorded_sparsity(group, measured)
             logger.info("group %r: locking %d layers at their loaded sparsity %.4f", group.config.name,
                         len(group.names), measured)
             group.config = dataclasses.replace(group.config, target_sparsity=measured)
             if get_pattern(self.config.pattern).locked and group.config.name == (self.config.name or "default"):
                 self.config = dataclasses.replace(self.config, target_sparsity=measured)  # reports state it
+
+    def _check_recorded_sparsity(self, group: PruningGroup, measured: float) -> None:
+        """A lock over exactly the layers the model's config records must find the sparsity recorded there."""
+        section = read_pruning_section(self.model)
+        recorded = recorded_layers(self.model) if section is not None else None
+        if recorded is None or set(group.names) != set(recorded):
+            return
+        if abs(section["sparsity_pruned_layers"] - measured) > 0.005:
+            raise ValueError(f"pattern 'lock': the model's config records sparsity {section['sparsity_pruned_layers']:.4f} "
+                             f"on its {len(recorded)} pruned layers, but the loaded weights hold {measured:.4f} zeros "
+                             "there: these are not the weights the config describes (a dense base under a pruned "
+                             "model's config?); load the pruned weights")
 
     # ---- the training-loop API --------------------------------------------------------------------
     @property
