@@ -19,7 +19,8 @@ from .config_io import FORMAT_KEY, FORMAT_VERSION
 from .lora import BASE_LAYER
 from .value_checks import short
 
-__all__ = ["PRUNING_SECTION", "record_pruning", "read_pruning_section", "recorded_layers", "config_owner"]
+__all__ = ["PRUNING_SECTION", "record_pruning", "read_pruning_section", "recorded_layers", "config_owner",
+           "note_slimmed"]
 
 PRUNING_SECTION = "pruning"
 
@@ -108,3 +109,19 @@ def recorded_layers(model: nn.Module) -> Optional[Dict[str, str]]:
             base = getattr(module, BASE_LAYER, None)
             result[f"{here}.{BASE_LAYER}" if isinstance(base, nn.Module) else here] = pattern
     return result
+
+
+def note_slimmed(model: nn.Module, parameters_before: int, parameters_after: int) -> None:
+    """After :func:`hf_prune.slim` removed the zero heads and channels: the section's figures are measured again on
+    the recorded layers as they now are (their removed zeros no longer count), and the slimming is recorded."""
+    section = read_pruning_section(model)
+    layers = recorded_layers(model) if section is not None else None
+    if not layers:
+        return
+    weights = [model.get_submodule(name).weight for name in layers]
+    zeros = sum(int((weight == 0).sum()) for weight in weights)
+    section["sparsity_pruned_layers"] = round(zeros / max(1, sum(weight.numel() for weight in weights)), 6)
+    linears = [module.weight for module in model.modules() if isinstance(module, nn.Linear)]
+    section["sparsity_all_linear"] = round(sum(int((w == 0).sum()) for w in linears)
+                                           / max(1, sum(w.numel() for w in linears)), 6)
+    section["slimmed"] = {"parameters_before": parameters_before, "parameters_after": parameters_after}

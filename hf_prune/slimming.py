@@ -32,6 +32,7 @@ from torch import nn
 
 from .architectures import BASE_MODEL_TYPE_ATTRIBUTE, StructuredBlock, find_blocks, get_architecture
 from .hub_loading import resolves_inside
+from .model_metadata import note_slimmed
 from .value_checks import short
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def slim(model: nn.Module) -> SlimSummary:
     summary = SlimSummary(*counts["head"], *counts["channel"], parameters_before, _count_parameters(model))
     if summary.parameters_after < summary.parameters_before:
         _mark_slim(model.config)
+        note_slimmed(model, summary.parameters_before, summary.parameters_after)
     logger.info("slimmed %s: %s", type(model).__name__, summary)
     return summary
 

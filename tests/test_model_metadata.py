@@ -82,3 +82,19 @@ def test_a_section_hf_prune_did_not_write_is_refused_naming_the_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"config\.json 'pruning': unknown pruning config key\(s\) \['targt_sparsity'\]"):
         PruningConfig.from_pretrained(str(tmp_path))
+
+
+def test_slim_measures_the_section_again_on_the_smaller_layers(tmp_path):
+    from hf_prune import slim
+
+    model = tiny_bert_qa(seed=3, intermediate_size=64)
+    config = PruningConfig(target_sparsity=0.5, pattern="channel", criterion="magnitude", start_step=0, end_step=0,
+                           include=[r"intermediate\.dense", r"layer\.\d+\.output\.dense"])
+    Trainer(model=model, args=_args(tmp_path / "out", max_steps=1), train_dataset=QADataset(8),
+            callbacks=[PruningTrainerCallback(config)]).train()
+    assert model.config.pruning["sparsity_pruned_layers"] == pytest.approx(0.5, abs=0.01)
+    summary = slim(model)
+    section = model.config.pruning
+    assert section["sparsity_pruned_layers"] == 0.0   # the zero channels are gone, not counted as zeros
+    assert section["slimmed"] == {"parameters_before": summary.parameters_before,
+                                  "parameters_after": summary.parameters_after}
