@@ -28,6 +28,14 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
                      compared with the masked one (logits in float64 and float32, greedy answers, speed)
   oneshot-loss       no training: the answer loss of 64 held-out examples after one-shot Wanda and magnitude starts
                      (2:4 and 50 %), to tell a criterion's damage from a broken one
+  minitron-width-kd  ``dense`` compressed by hf_prune.compress to <= 90M parameters at full depth (hidden size, FFN
+                     and KV groups, the most even widths), then token KD (recipe minitron-90m.yaml)
+  minitron-depth-kd  the same budget by removing decoder layers only (full widths), then token KD
+  minitron-search-kd the shape search's winner (every candidate scored by the LM loss of 4 calibration batches
+                     after one-shot compression), then token KD
+  Each minitron run also reports perplexity on held-out Wikipedia paragraphs (contexts of validation.json), batch-1
+  prefill/decode speed against the dense model (alternating), and whether a process without hf_prune loads the
+  saved folder with AutoModelForCausalLM and generates the same greedy tokens.
 """
 from __future__ import annotations
 
@@ -73,7 +81,18 @@ RUNS = {
     "wanda-2-4-kd-lr4x": "2-4.yaml",
     "wanda-2-4-kd-lr4x-seed43": "2-4.yaml",
     "slim-check": "slim.yaml",
+    "minitron-width-kd": "minitron-90m.yaml",
+    "minitron-depth-kd": "minitron-90m.yaml",
+    "minitron-search-kd": "minitron-90m.yaml",
 }
+#: compression of the minitron runs (hf_prune.compress), named before they ran
+TARGET_PARAMETERS = 90e6
+COMPRESSION = {
+    "minitron-width-kd": dict(search=False),                     # full depth, the most even widths
+    "minitron-depth-kd": dict(depth_only=True),                  # the candidate that removes layers only
+    "minitron-search-kd": dict(search=True),                     # every candidate scored, the lowest loss wins
+}
+COMPRESSION_SETTINGS = dict(max_batches=16, score_batches=4, aggregation="l2", layer_method="cosine")
 #: runs that change the recipe's training arguments (named before they ran)
 #: the SFT rate and linear decay 2-4.yaml held before its seed repeat; the runs made with it name it, so they reproduce
 _SFT_RATE = dict(learning_rate=5e-5, lr_scheduler_type="linear", lr_scheduler_kwargs={})
@@ -232,6 +251,133 @@ def sparsity_of(model) -> dict:
     return {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity}
 
 
+# ---- minitron runs: compression to a stock model ---------------------------------------------------------------
+def masked_batches(rows, tokenizer, batch_size: int, count: int):
+    """``count`` right-padded batches of ``rows`` with their attention masks (importance leaves padding out)."""
+    pad = torch.nn.utils.rnn.pad_sequence
+    batches = []
+    for start in range(0, min(len(rows), count * batch_size), batch_size):
+        ids = [torch.tensor(row) for row in rows[start:start + batch_size]["input_ids"]]
+        batches.append({"input_ids": pad(ids, batch_first=True, padding_value=tokenizer.eos_token_id),
+                        "attention_mask": pad([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True)})
+    return batches
+
+
+def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
+    """``model`` compressed to <= TARGET_PARAMETERS as the run asks; returns (compressed model, row facts)."""
+    from hf_prune.llm_compression import compress
+    from hf_prune.model_shape import candidate_shapes
+
+    settings = dict(COMPRESSION[name])
+    batches = masked_batches(train, tokenizer, batch, COMPRESSION_SETTINGS["max_batches"]
+                             + COMPRESSION_SETTINGS["score_batches"])
+    depth_only = settings.pop("depth_only", False)
+    if depth_only:
+        widths = (model.config.hidden_size, model.config.intermediate_size, model.config.num_key_value_heads)
+        shapes = [shape for shape in candidate_shapes(model.config, TARGET_PARAMETERS) if (
+            shape.hidden_size, shape.intermediate_size, shape.num_key_value_heads) == widths]
+        settings.update(search=True, shapes=shapes[:1])
+    started = time.time()
+    result = compress(model, batches, target_params=TARGET_PARAMETERS, **settings, **COMPRESSION_SETTINGS)
+    facts = {"compression": dict(COMPRESSION[name], **COMPRESSION_SETTINGS, target_params=TARGET_PARAMETERS),
+             "shape": dataclasses.asdict(result.shape), "shape_described": result.shape.describe(),
+             "parameters_before": result.parameters_before, "compression_seconds": time.time() - started,
+             "candidates": [{"shape": shape.describe(), "parameters": count, "calibration_loss": loss}
+                            for shape, count, loss in result.candidates]}
+    return result.model, facts
+
+
+@torch.no_grad()
+def wikipedia_perplexity(model, tokenizer, paragraphs: int = 64, max_tokens: int = 320) -> float:
+    """Perplexity on the first ``paragraphs`` distinct contexts of validation.json (held-out Wikipedia text)."""
+    contexts = list(dict.fromkeys(record["context"] for record in load_squad_file(os.path.join(SQUAD, "validation.json"))))
+    model.eval()
+    total, count = 0.0, 0
+    for text in contexts[:paragraphs]:
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]])
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        count += ids.shape[1] - 1
+    return float(torch.exp(torch.tensor(total / count)))
+
+
+@torch.no_grad()
+def speed_against(dense, small, questions) -> dict:
+    """Batch-1 prefill seconds and decode ms per token (24 tokens forced), the two models alternating question by
+    question, and the ratios dense / small."""
+    timing = {"dense": [0.0, 0.0], "small": [0.0, 0.0]}
+    for _, ids in questions:
+        inputs = torch.tensor([ids])
+        for label, model in (("dense", dense), ("small", small)):
+            model.eval()
+            started = time.perf_counter()
+            model(inputs, logits_to_keep=1)
+            prefill = time.perf_counter() - started
+            started = time.perf_counter()
+            model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=MAX_NEW_TOKENS,
+                           min_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=0)
+            timing[label][0] += prefill
+            timing[label][1] += time.perf_counter() - started - prefill
+    row = {}
+    for label, (prefill, decode) in timing.items():
+        row[f"{label}_prefill_seconds"] = prefill / len(questions)
+        row[f"{label}_decode_ms_per_token"] = 1000 * decode / (len(questions) * MAX_NEW_TOKENS)
+    row["prefill_speedup"] = row["dense_prefill_seconds"] / row["small_prefill_seconds"]
+    row["decode_speedup"] = row["dense_decode_ms_per_token"] / row["small_decode_ms_per_token"]
+    return row
+
+
+STOCK_LOAD = r"""
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+out = []
+for ids in json.loads(sys.argv[2]):
+    inputs = torch.tensor([ids])
+    out.append(model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=24, do_sample=False,
+                              pad_token_id=0)[0, len(ids):].tolist())
+assert "hf_prune" not in sys.modules
+print(json.dumps({"class": type(model).__name__, "tokens": out}))
+"""
+
+
+@torch.no_grad()
+def stock_load_check(model, folder: str, questions) -> dict:
+    """A fresh process that never imports hf_prune loads ``folder`` with AutoModelForCausalLM: same greedy tokens?"""
+    prompts = [ids for _, ids in questions]
+    expected = [model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                               max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=0)[0, len(ids):].tolist()
+                for ids in prompts]
+    run = subprocess.run([sys.executable, "-c", STOCK_LOAD, folder, json.dumps(prompts)], capture_output=True,
+                         text=True, timeout=900)
+    if run.returncode != 0:
+        return {"stock_load": "failed", "stock_load_error": run.stderr[-2000:]}
+    loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    return {"stock_load": loaded["class"], "stock_load_identical_greedy": sum(
+        a == b for a, b in zip(loaded["tokens"], expected)), "stock_load_questions": len(prompts)}
+
+
+@torch.no_grad()
+def gguf_round_trip(model, tokenizer, folder: str, questions) -> dict:
+    """``hf_prune.gguf_export.save_gguf`` (f32; the tokenizer's llama.cpp pre-tokenizer name as the downloaded GGUF
+    states it: "smollm"), read back by transformers' GGUF loader: same greedy tokens? (llama.cpp itself: see
+    RESULTS.md.)"""
+    from transformers import AutoModelForCausalLM
+
+    from hf_prune.gguf_export import save_gguf
+
+    path = save_gguf(model, tokenizer, os.path.join(folder, "model.gguf"), pre_tokenizer="smollm")
+    back = AutoModelForCausalLM.from_pretrained(folder, gguf_file="model.gguf", dtype=torch.float32).eval()
+    same = 0
+    for _, ids in questions:
+        inputs = torch.tensor([ids])
+        outputs = [m.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=MAX_NEW_TOKENS,
+                              do_sample=False, pad_token_id=0) for m in (model, back)]
+        same += torch.equal(*outputs)
+    return {"gguf_bytes": os.path.getsize(path), "gguf_identical_greedy": same, "gguf_questions": len(questions)}
+
+
 # ---- runs ------------------------------------------------------------------------------------------------------
 def calibration_batches(train, tokenizer, batch_size: int):
     """Batches of the training prompts+answers, right-padded, for Wanda's activation statistics."""
@@ -377,6 +523,19 @@ def main() -> None:
         layers = {n: m.weight for n, m in model.named_modules() if n.endswith(("_proj",)) and hasattr(m, "weight")}
         row["merged_layers_exactly_2_4"] = sum(is_two_four(w) for w in layers.values())
         row["merged_layers"] = len(layers)
+    elif name.startswith("minitron"):
+        dense = model
+        model, facts = compress_dense(dense, train, tokenizer, batch, name)
+        row.update(facts, oneshot_wikipedia_perplexity=wikipedia_perplexity(model, tokenizer))
+        trainer, metrics = sft(model, tokenizer, train, recipe, teacher)
+        model.save_pretrained(os.path.join(out, "model"))
+        tokenizer.save_pretrained(os.path.join(out, "model"))
+        row.update(wikipedia_perplexity=wikipedia_perplexity(model, tokenizer),
+                   dense_wikipedia_perplexity=wikipedia_perplexity(dense, tokenizer),
+                   speed_against_dense=speed_against(dense, model, questions[:20]),
+                   **stock_load_check(model, os.path.join(out, "model"), questions[:5]),
+                   **gguf_round_trip(model, tokenizer, os.path.join(out, "gguf"), questions[:5]))
+        del dense
     else:  # recovery (mask fixed after a one-shot start, or gradual structured pruning) with token KD
         trainer, metrics = sft(model, tokenizer, train, recipe, teacher, [PruningTrainerCallback(recipe.pruning)])
         if name == "slim-kd":
