@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .architectures import BASE_MODEL_TYPE_ATTRIBUTE, StructuredBlock, find_blocks, get_architecture
+from .activation_importance import LLAMA_FAMILY
 from .hub_loading import resolves_inside
 from .model_metadata import note_slimmed
 from .value_checks import short
@@ -110,13 +111,47 @@ def slim(model: nn.Module) -> SlimSummary:
             else:
                 entry["intermediate_size"] = len(keep)
         counts[kind] = (before, after)
-    setattr(model.config, SLIM_LAYOUT_KEY, layout)
     summary = SlimSummary(*counts["head"], *counts["channel"], parameters_before, _count_parameters(model))
+    if _stock_config_if_uniform(model, layout):
+        logger.info("every layer keeps the same widths: the slim model has a stock %s", type(model.config).__name__)
+    else:
+        setattr(model.config, SLIM_LAYOUT_KEY, layout)
+        if summary.parameters_after < summary.parameters_before:
+            _mark_slim(model.config)
     if summary.parameters_after < summary.parameters_before:
-        _mark_slim(model.config)
         note_slimmed(model, summary.parameters_before, summary.parameters_after)
     logger.info("slimmed %s: %s", type(model).__name__, summary)
     return summary
+
+
+def _stock_config_if_uniform(model: nn.Module, layout: Dict[str, dict]) -> bool:
+    """A Llama-family model (explicit ``head_dim``, heads read from the projections) whose layers all keep the same
+    number of KV groups and FFN channels needs no layout: its config's own sizes describe it, and any
+    ``AutoModelForCausalLM.from_pretrained`` loads it. Sets those sizes and returns True when that holds (and the
+    config class accepts them); otherwise changes nothing."""
+    config = model.config
+    if getattr(config, "model_type", None) not in LLAMA_FAMILY or getattr(config, SLIM_LAYOUT_KEY, None) \
+            or getattr(type(config), BASE_MODEL_TYPE_ATTRIBUTE, None):
+        return False
+    groups = {len(entry.get("heads", ())) for entry in layout.values()}
+    widths = {entry.get("intermediate_size") for entry in layout.values()}
+    if len(groups) != 1 or len(widths) != 1 or None in widths or 0 in groups:
+        return False
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    kept = groups.pop()
+    sizes = dict(num_key_value_heads=kept, num_attention_heads=kept * (heads // kv_heads),
+                 intermediate_size=widths.pop(), head_dim=int(getattr(config, "head_dim", None) or
+                                                             config.hidden_size // heads))
+    try:
+        type(config).from_dict({**config.to_dict(), **sizes})
+    except Exception as err:  # noqa: BLE001 - the config class's validation (e.g. hidden % heads), any error type
+        logger.info("uniform slim widths %s are not a valid %s (%s): keeping the hf_prune layout", sizes,
+                    type(config).__name__, err.__cause__ or err)
+        return False
+    for key, value in sizes.items():
+        setattr(config, key, value)
+    return True
 
 
 def _live_units(model: nn.Module, block: StructuredBlock) -> List[int]:

@@ -194,3 +194,28 @@ def test_the_compressed_model_is_a_stock_checkpoint_loaded_without_hf_prune(tmp_
     expected = small.generate(IDS[:1], max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert loaded["generated"] == expected.tolist()
     assert not math.isnan(result.candidates[0][2])
+
+
+def test_uniform_head_and_channel_pruning_slims_to_a_stock_config(tmp_path):
+    """The mask path: heads (KV groups) and FFN channels pruned with scope 'local' keep the same widths in every
+    layer, so slim() gives a stock LlamaConfig that a process without hf_prune loads."""
+    from hf_prune import Pruner, PruningConfig, slim
+    from hf_prune.slimming import SLIM_LAYOUT_KEY
+
+    model = _llama()
+    config = PruningConfig(target_sparsity=1 / 3, pattern="head", criterion="magnitude", scope="local", start_step=0,
+                           end_step=0, include=["self_attn"],
+                           groups=[{"include": ["mlp"], "pattern": "channel", "target_sparsity": 0.5}])
+    Pruner(model, config).step(0)
+    masked = _logits(model, IDS)
+    slim(model)
+    assert type(model.config) is LlamaConfig and not hasattr(model.config, SLIM_LAYOUT_KEY)
+    assert (model.config.num_key_value_heads, model.config.num_attention_heads, model.config.intermediate_size,
+            model.config.head_dim) == (2, 4, 48, 8)
+    torch.testing.assert_close(_logits(model, IDS), masked, atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    run = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_HF_PRUNE, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    torch.testing.assert_close(torch.tensor(json.loads(run.stdout.strip().splitlines()[-1])["logits"]), masked,
+                               atol=1e-5, rtol=1e-5)
