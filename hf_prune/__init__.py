@@ -3,6 +3,8 @@ from .callback import PruningTrainerCallback, add_pruning_callback
 from .config import PruningConfig
 from .criteria import CRITERIA
 from .distillation import DistillationConfig, DistillationTrainer
+from .llm_compression import CompressionResult, compress
+from .model_shape import ModelShape
 from .patterns import PATTERN_FAMILIES, get_pattern
 from .pruner import Pruner
 from .report import SparsityReport, sparsity_report
@@ -14,8 +16,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CRITERIA",
+    "CompressionResult",
     "DistillationConfig",
     "DistillationTrainer",
+    "ModelShape",
     "PATTERN_FAMILIES",
     "SCHEDULES",
     "SlimSummary",
@@ -25,6 +29,7 @@ __all__ = [
     "PruningTrainerCallback",
     "SparsityReport",
     "add_pruning_callback",
+    "compress",
     "from_pretrained",
     "get_pattern",
     "semi_structured_plan",
