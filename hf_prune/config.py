@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 
 from .config_io import JsonConfigMixin, load_yaml
 from .criteria import CRITERIA
+from .inc_migration import inc_fields
 from .model_metadata import read_pruning_section
 from .modules import HEAD_NAME_PATTERN
 from .patterns import get_pattern
@@ -259,9 +260,7 @@ class PruningConfig(JsonConfigMixin):
     def from_inc(cls, pruning_configs: Optional[List[Dict[str, Any]]] = None, **kwargs: Any) -> "PruningConfig":
         """The config meaning what Intel Neural Compressor's ``WeightPruningConfig(pruning_configs, **kwargs)``
         meant (see :mod:`hf_prune.inc_migration`); keys hf_prune does not implement are refused by name."""
-        from .inc_migration import from_inc
-
-        return from_inc(pruning_configs, **kwargs)
+        return cls(**inc_fields(pruning_configs, **kwargs))
 
     @classmethod
     def from_pretrained(cls, path: str) -> "PruningConfig":

@@ -1,7 +1,7 @@
-"""Intel Neural Compressor's ``WeightPruningConfig`` arguments, read as they are, into a :class:`PruningConfig`.
+"""Intel Neural Compressor's ``WeightPruningConfig`` arguments, read as they are, into ``PruningConfig`` fields.
 
 INC 3.8 removed its pruner; its users keep configs such as ``WeightPruningConfig(target_sparsity=0.8,
-pattern="4x1", pruning_type="snip_momentum", start_step=..., pruning_configs=[{...}])``. :func:`from_inc` takes
+pattern="4x1", pruning_type="snip_momentum", start_step=..., pruning_configs=[{...}])``. :func:`inc_fields` (behind ``PruningConfig.from_inc``) takes
 the same keyword arguments (INC's names, INC's defaults where a key is absent) and returns the hf_prune config that
 means the same; a key or value hf_prune does not implement is refused by name rather than dropped. The README's
 "Coming from Intel Neural Compressor" table lists every key and each difference in behaviour.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from .config import DEFAULT_EXCLUDE, PruningConfig
+from .modules import HEAD_NAME_PATTERN
 from .value_checks import short
 
-__all__ = ["from_inc", "INC_KEYS"]
+__all__ = ["inc_fields", "INC_KEYS"]
 
 #: INC's own defaults for the keys whose absence changes the result (``WeightPruningConfig.__init__``).
 INC_DEFAULTS = {"target_sparsity": 0.9, "sparsity_decay_type": "exp", "pruning_type": "snip_momentum",
@@ -37,8 +37,9 @@ LIST_KEYS = ("op_names", "excluded_op_names", "pruning_op_types")
 _NOTHING_ELSE = [r".*"]
 
 
-def from_inc(pruning_configs: Optional[List[Dict[str, Any]]] = None, **global_keys: Any) -> PruningConfig:
-    """``PruningConfig`` from INC ``WeightPruningConfig`` keyword arguments (``pruning_configs`` = its per-op dicts).
+def inc_fields(pruning_configs: Optional[List[Dict[str, Any]]] = None, **global_keys: Any) -> Dict[str, Any]:
+    """``PruningConfig`` fields from INC ``WeightPruningConfig`` keyword arguments (``pruning_configs`` = its per-op
+    dicts); :meth:`PruningConfig.from_inc` builds the config (this module needs no config class: no import cycle).
 
     Global keys are the defaults of every per-op dict, as in INC. With per-op dicts only the ops they name are
     pruned (each dict becomes a group); without, the global keys prune every Linear (task heads excluded).
@@ -55,7 +56,7 @@ def from_inc(pruning_configs: Optional[List[Dict[str, Any]]] = None, **global_ke
     local = [dict(entry) for entry in (pruning_configs or []) if entry]   # INC's default is [{}]: no per-op dict
     top = _translate({**INC_DEFAULTS, **global_keys}, "WeightPruningConfig")
     if not local:
-        return PruningConfig(**top)
+        return top
     groups = []
     for index, entry in enumerate(local):
         group = _translate({**INC_DEFAULTS, **global_keys, **entry}, f"pruning_configs[{index}]")
@@ -63,7 +64,7 @@ def from_inc(pruning_configs: Optional[List[Dict[str, Any]]] = None, **global_ke
         group["name"] = entry.get("name") or f"inc_{index}"
         groups.append(group)
     top.pop("include", None)
-    return PruningConfig(**{**top, "exclude": _NOTHING_ELSE, "groups": groups})
+    return {**top, "exclude": _NOTHING_ELSE, "groups": groups}
 
 
 def _check_keys(keys: Dict[str, Any], where: str) -> None:
@@ -133,7 +134,7 @@ def _translate(keys: Dict[str, Any], where: str) -> Dict[str, Any]:
                          f"{', '.join([*PRUNING_TYPES, 'pattern_lock'])}")
     if keys.get("op_names"):
         fields["include"] = list(keys["op_names"])
-    fields["exclude"] = list(DEFAULT_EXCLUDE) + list(keys.get("excluded_op_names") or [])
+    fields["exclude"] = [HEAD_NAME_PATTERN] + list(keys.get("excluded_op_names") or [])  # the default exclusion
     op_types = keys.get("pruning_op_types", ["Conv", "Linear"])
     if "Linear" not in op_types or set(op_types) - {"Conv", "Linear"}:
         raise ValueError(f"{where}: pruning_op_types {op_types!r}: hf_prune prunes Linear layers (and transformers' "
