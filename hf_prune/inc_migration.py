@@ -1,9 +1,9 @@
 """Intel Neural Compressor's ``WeightPruningConfig`` arguments, read as they are, into ``PruningConfig`` fields.
 
 INC 3.8 removed its pruner; its users keep configs such as ``WeightPruningConfig(target_sparsity=0.8,
-pattern="4x1", pruning_type="snip_momentum", start_step=..., pruning_configs=[{...}])``. :func:`inc_fields` (behind ``PruningConfig.from_inc``) takes
-the same keyword arguments (INC's names, INC's defaults where a key is absent) and returns the hf_prune config that
-means the same; a key or value hf_prune does not implement is refused by name rather than dropped. The README's
+pattern="4x1", pruning_type="snip_momentum", start_step=..., pruning_configs=[{...}])``. :func:`inc_fields` (behind
+``PruningConfig.from_inc``) takes the same keyword arguments (INC's names, INC's defaults where a key is absent) and
+returns the fields of the hf_prune config that means the same; a key or value hf_prune does not implement is refused by name rather than dropped. The README's
 "Coming from Intel Neural Compressor" table lists every key and each difference in behaviour.
 """
 from __future__ import annotations
