@@ -95,3 +95,19 @@ def best_at_evaluation(best: int):
         calls.append(1)
         return {"score": 1.0 if len(calls) == best else 0.0}
     return compute_metrics
+
+
+SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "the park has a cat and a dog", "on the mat sat a dog"]
+
+
+def tiny_bpe_tokenizer():
+    """A byte-level BPE tokenizer (about 300 tokens) trained on a few sentences: a real fast tokenizer, offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(SENTENCES * 4, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")

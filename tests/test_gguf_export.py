@@ -1,26 +1,20 @@
 """GGUF export of a compressed stock Llama: read back by transformers' GGUF loader, the same logits and tokens."""
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from hf_prune.gguf_export import save_gguf
 from hf_prune.llm_compression import compress
 from hf_prune.model_shape import count_parameters
+from tests.conftest import SENTENCES, tiny_bpe_tokenizer
 
 pytest.importorskip("gguf", reason="gguf is an optional extra (pip install 'hf_prune[gguf]')")
 
-TEXT = ["the cat sat on the mat", "a dog ran in the park", "the park has a cat and a dog", "on the mat sat a dog"]
+TEXT = SENTENCES
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(TEXT * 4, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    return tiny_bpe_tokenizer()
 
 
 def test_a_compressed_llama_round_trips_through_gguf(tmp_path):
