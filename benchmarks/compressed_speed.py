@@ -1,0 +1,79 @@
+"""Batch-1 CPU speed and F1 of the compressed SmolLM2 folders as saved, against the dense SFT model as saved.
+
+    python benchmarks/compressed_speed.py minitron-search-kd minitron-width-kd minitron-depth-kd [--questions 20]
+        [--f1-questions 0]
+
+Every model is loaded fresh from its folder in float32 (``AutoModelForCausalLM``, no training wrappers: TRL's
+SFTConfig trains in bf16 autocast on CPU, and a model kept in memory after training still runs its forward under
+it). Speed: prefill seconds per prompt and decode milliseconds per token (24 tokens forced), for the first
+``--questions`` evaluation prompts, the dense model and each compressed one alternating prompt by prompt.
+``--f1-questions N`` also scores EM/F1 of the saved folders on the first N questions (the 200 of the runs: 200).
+Writes ``benchmarks/runs/smollm2/compressed_speed.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import smollm2_squad as benchmark  # noqa: E402
+
+
+@torch.no_grad()
+def timings(models: dict, questions) -> dict:
+    totals = {name: [0.0, 0.0] for name in models}
+    for _, ids in questions:
+        inputs = torch.tensor([ids])
+        for name, model in models.items():
+            started = time.perf_counter()
+            model(inputs, logits_to_keep=1)
+            prefill = time.perf_counter() - started
+            started = time.perf_counter()
+            model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=benchmark.MAX_NEW_TOKENS,
+                           min_new_tokens=benchmark.MAX_NEW_TOKENS, do_sample=False, pad_token_id=0)
+            totals[name][0] += prefill
+            totals[name][1] += time.perf_counter() - started - prefill
+    return {name: {"prefill_seconds": prefill / len(questions),
+                   "decode_ms_per_token": 1000 * decode / (len(questions) * benchmark.MAX_NEW_TOKENS)}
+            for name, (prefill, decode) in totals.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--questions", type=int, default=20)
+    parser.add_argument("--f1-questions", type=int, default=0)
+    options = parser.parse_args()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folders = {"dense": os.path.join(benchmark.WORK, "dense", "model"),
+               **{run: os.path.join(benchmark.WORK, run, "model") for run in options.runs}}
+    tokenizer = AutoTokenizer.from_pretrained(folders["dense"])
+    models = {name: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+              for name, folder in folders.items()}
+    result = {"threads": torch.get_num_threads(), "questions": options.questions,
+              "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()},
+              "timing": timings(models, benchmark.eval_questions(tokenizer, options.questions, 320))}
+    dense = result["timing"]["dense"]
+    result["speedup"] = {name: {"prefill": dense["prefill_seconds"] / row["prefill_seconds"],
+                                "decode": dense["decode_ms_per_token"] / row["decode_ms_per_token"]}
+                         for name, row in result["timing"].items() if name != "dense"}
+    if options.f1_questions:
+        questions = benchmark.eval_questions(tokenizer, options.f1_questions, 320)
+        result["saved_folder_scores"] = {name: {key: value for key, value in benchmark.evaluate(
+            model, tokenizer, questions).items() if key in ("exact_match", "f1")} for name, model in models.items()}
+    path = os.path.join(benchmark.WORK, "compressed_speed.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
