@@ -88,7 +88,10 @@ RUNS = {
 #: compression of the minitron runs (hf_prune.compress), named before they ran
 TARGET_PARAMETERS = 90e6
 COMPRESSION = {
-    "minitron-width-kd": dict(search=False),                     # full depth, the most even widths
+    # full depth: the full-depth candidates scored, the lowest loss wins (first defined as search=False, the most
+    # even widths; stopped at step 12 of 100 when that tie-break turned out to keep every head: 30 layers, hidden
+    # 432, heads 9/3, FFN 1248 — not the heads + FFN + hidden shape this run stands for)
+    "minitron-width-kd": dict(search=True, full_depth=True),
     "minitron-depth-kd": dict(depth_only=True),                  # the candidate that removes layers only
     "minitron-search-kd": dict(search=True),                     # every candidate scored, the lowest loss wins
 }
@@ -272,6 +275,9 @@ def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
     batches = masked_batches(train, tokenizer, batch, COMPRESSION_SETTINGS["max_batches"]
                              + COMPRESSION_SETTINGS["score_batches"])
     depth_only = settings.pop("depth_only", False)
+    if settings.pop("full_depth", False):
+        settings["shapes"] = [shape for shape in candidate_shapes(model.config, TARGET_PARAMETERS)
+                              if shape.num_hidden_layers == model.config.num_hidden_layers]
     if depth_only:
         widths = (model.config.hidden_size, model.config.intermediate_size, model.config.num_key_value_heads)
         shapes = [shape for shape in candidate_shapes(model.config, TARGET_PARAMETERS) if (
