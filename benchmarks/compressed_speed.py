@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 
@@ -24,25 +23,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import smollm2_squad as benchmark  # noqa: E402
-
-
-@torch.no_grad()
-def timings(models: dict, questions) -> dict:
-    totals = {name: [0.0, 0.0] for name in models}
-    for _, ids in questions:
-        inputs = torch.tensor([ids])
-        for name, model in models.items():
-            started = time.perf_counter()
-            model(inputs, logits_to_keep=1)
-            prefill = time.perf_counter() - started
-            started = time.perf_counter()
-            model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=benchmark.MAX_NEW_TOKENS,
-                           min_new_tokens=benchmark.MAX_NEW_TOKENS, do_sample=False, pad_token_id=0)
-            totals[name][0] += prefill
-            totals[name][1] += time.perf_counter() - started - prefill
-    return {name: {"prefill_seconds": prefill / len(questions),
-                   "decode_ms_per_token": 1000 * decode / (len(questions) * benchmark.MAX_NEW_TOKENS)}
-            for name, (prefill, decode) in totals.items()}
 
 
 def main() -> None:
@@ -60,7 +40,7 @@ def main() -> None:
               for name, folder in folders.items()}
     result = {"threads": torch.get_num_threads(), "questions": options.questions,
               "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()},
-              "timing": timings(models, benchmark.eval_questions(tokenizer, options.questions, 320))}
+              "timing": benchmark.batch1_timings(models, benchmark.eval_questions(tokenizer, options.questions, 320))}
     dense = result["timing"]["dense"]
     result["speedup"] = {name: {"prefill": dense["prefill_seconds"] / row["prefill_seconds"],
                                 "decode": dense["decode_ms_per_token"] / row["decode_ms_per_token"]}

@@ -308,13 +308,13 @@ def wikipedia_perplexity(model, tokenizer, paragraphs: int = 64, max_tokens: int
 
 
 @torch.no_grad()
-def speed_against(dense, small, questions) -> dict:
-    """Batch-1 prefill seconds and decode ms per token (24 tokens forced), the two models alternating question by
-    question, and the ratios dense / small."""
-    timing = {"dense": [0.0, 0.0], "small": [0.0, 0.0]}
+def batch1_timings(models: dict, questions) -> dict:
+    """Per model (name -> model, alternating prompt by prompt): batch-1 prefill seconds per prompt and decode
+    milliseconds per token (24 tokens forced)."""
+    totals = {name: [0.0, 0.0] for name in models}
     for _, ids in questions:
         inputs = torch.tensor([ids])
-        for label, model in (("dense", dense), ("small", small)):
+        for name, model in models.items():
             model.eval()
             started = time.perf_counter()
             model(inputs, logits_to_keep=1)
@@ -322,12 +322,17 @@ def speed_against(dense, small, questions) -> dict:
             started = time.perf_counter()
             model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=MAX_NEW_TOKENS,
                            min_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=0)
-            timing[label][0] += prefill
-            timing[label][1] += time.perf_counter() - started - prefill
-    row = {}
-    for label, (prefill, decode) in timing.items():
-        row[f"{label}_prefill_seconds"] = prefill / len(questions)
-        row[f"{label}_decode_ms_per_token"] = 1000 * decode / (len(questions) * MAX_NEW_TOKENS)
+            totals[name][0] += prefill
+            totals[name][1] += time.perf_counter() - started - prefill
+    return {name: {"prefill_seconds": prefill / len(questions),
+                   "decode_ms_per_token": 1000 * decode / (len(questions) * MAX_NEW_TOKENS)}
+            for name, (prefill, decode) in totals.items()}
+
+
+def speed_against(dense, small, questions) -> dict:
+    """:func:`batch1_timings` of the dense and the small model, and the ratios dense / small."""
+    timing = batch1_timings({"dense": dense, "small": small}, questions)
+    row = {f"{name}_{key}": value for name, values in timing.items() for key, value in values.items()}
     row["prefill_speedup"] = row["dense_prefill_seconds"] / row["small_prefill_seconds"]
     row["decode_speedup"] = row["dense_decode_ms_per_token"] / row["small_decode_ms_per_token"]
     return row
