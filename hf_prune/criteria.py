@@ -13,7 +13,7 @@ import torch
 
 from .registry import Registry
 
-__all__ = ["Criterion", "CRITERIA", "get_criterion"]
+__all__ = ["Criterion", "CRITERIA", "get_criterion", "fused_form"]
 
 
 class Criterion:
@@ -21,6 +21,7 @@ class Criterion:
 
     needs_gradient: bool = True
     uses_momentum: bool = False
+
     #: True when ``element_scores`` takes the input-activation norms per input feature instead of the gradient
     needs_activations: bool = False
 
@@ -67,6 +68,18 @@ class Wanda(Criterion):
 
     def element_scores(self, weight, input_norms):
         return weight.detach().float().abs() * input_norms.to(weight.device).float().view(1, -1)
+
+
+def fused_form(criterion: Criterion) -> bool | None:
+    """What the fused score update (:mod:`hf_prune.score_buffers`) computes for ``criterion``: ``|grad * weight|``
+    (True) or ``|grad|`` (False); None for a criterion with scores of another form (a registered custom one),
+    which is then scored weight by weight through its own ``element_scores``."""
+    method = type(criterion).element_scores
+    if method is Snip.element_scores:
+        return True
+    if method is Gradient.element_scores:
+        return False
+    return None
 
 
 CRITERIA: Registry = Registry("pruning criterion")

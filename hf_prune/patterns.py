@@ -84,6 +84,12 @@ class WeightPattern(Pattern):
         """Output rows one row of block scores covers (a row-sharded weight must not split them)."""
         return 1
 
+    def blocks_view(self, weight_like: torch.Tensor) -> torch.Tensor:
+        """A view of an ``[out, in]`` tensor whose leading dims index the blocks in score order and whose trailing
+        dims hold each block's elements: copied into a flat buffer, every block's elements are contiguous, so one
+        reduction over the buffer scores every layer at once (:mod:`hf_prune.score_buffers`)."""
+        return weight_like.unsqueeze(-1)  # one score per element
+
 
 class BlockPattern(WeightPattern):
     """``NxM``: blocks of ``rows`` output rows x ``cols`` input columns."""
@@ -129,6 +135,11 @@ class BlockPattern(WeightPattern):
     @property
     def block_rows(self) -> int:
         return self.rows
+
+    def blocks_view(self, weight_like: torch.Tensor) -> torch.Tensor:
+        out, inp = weight_like.shape
+        blocks = weight_like.unflatten(1, (inp // self.cols, self.cols)).unflatten(0, (out // self.rows, self.rows))
+        return blocks.permute(0, 2, 1, 3)  # [out/N, in/M, N, M]
 
     @property
     def elements_per_unit(self) -> int:
@@ -219,6 +230,14 @@ class StructuredPattern(Pattern):
         if role == "rows":
             return element_scores.view(out // unit_size, unit_size * inp).sum(dim=1)
         return element_scores.view(out, inp // unit_size, unit_size).sum(dim=(0, 2))
+
+    def unit_view(self, weight_like: torch.Tensor, role: str, unit_size: int) -> torch.Tensor:
+        """Like :meth:`WeightPattern.blocks_view` for one member module: leading dim = units, the rest = the
+        unit's elements (its rows, or its columns across every row)."""
+        out, inp = weight_like.shape
+        if role == "rows":
+            return weight_like.unflatten(0, (out // unit_size, unit_size))
+        return weight_like.unflatten(1, (inp // unit_size, unit_size)).permute(1, 0, 2)
 
     def unit_mask(self, keep_units: torch.Tensor, role: str, unit_size: int, shape: Tuple[int, int]) -> torch.Tensor:
         """Element keep-mask of one member module from the 1-D keep-mask of its block's units."""

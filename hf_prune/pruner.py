@@ -33,9 +33,11 @@ from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates, sa
 from .model_metadata import read_pruning_section, recorded_layers
 from .modules import check_not_tied, is_transposed, oriented, prunable_modules, task_head_names
 from .patterns import get_pattern
+from .pruned_weight import PrunedWeight
 from .pruner_state import PRUNER_STATE_NAME, STATE_KEYS, read_config, read_state, write_state
 from .report import FROZEN, SparsityReport, sparsity_report
 from .schedules import PruningSchedule
+from .score_buffers import ScoreBuffers
 from .sharding import WeightShards, full_shape, local_gradient, local_shape, local_values, mask_all_
 from .value_checks import short
 
@@ -66,23 +68,22 @@ class Pruner:
         #: FSDP2 / ZeRO-3 row shards: masks, bias masks and scores of those weights hold this rank's rows only
         self.shards = WeightShards(self.modules)
         self._check_shards(model)
+        #: one record per pruned weight, in group order
+        self.records: Dict[str, PrunedWeight] = {name: PrunedWeight(name, self.modules[name], group)
+                                                 for group in self.groups for name in group.names}
         self.masks: Dict[str, torch.Tensor] = {}
         self.bias_masks: Dict[str, torch.Tensor] = {}  # structured patterns: biases of the units' output rows
-        self.scores: Dict[str, torch.Tensor] = {}
-        for group in self.groups:
-            for name in group.names:
-                module = self.modules[name]
-                device = module.weight.device
-                if group.pattern.locked:
-                    self.masks[name] = local_values(module.weight).detach() != 0
-                    continue
-                self.masks[name] = torch.ones(local_shape(module.weight), dtype=torch.bool, device=device)
-                if group.criterion.needs_gradient:
-                    shape = local_shape(module.weight)
-                    shape = group.score_shape(name, shape[::-1] if is_transposed(module) else shape)
-                    self.scores[name] = torch.zeros(shape, dtype=torch.float32, device=device)
-                if name in group.roles and group.roles[name][1] == "rows" and module.bias is not None:
-                    self.bias_masks[name] = torch.ones(local_shape(module.bias), dtype=torch.bool, device=device)
+        for name, record in self.records.items():
+            weight = record.module.weight
+            if record.group.pattern.locked:
+                self.masks[name] = local_values(weight).detach() != 0
+                continue
+            self.masks[name] = torch.ones(local_shape(weight), dtype=torch.bool, device=weight.device)
+            if record.role == "rows" and record.module.bias is not None:
+                self.bias_masks[name] = torch.ones(local_shape(record.module.bias), dtype=torch.bool,
+                                                   device=weight.device)
+        #: running scores of the gradient-ranked weights, in flat buffers (dropped after the last event)
+        self.score_buffers = ScoreBuffers(list(self.records.values()))
         self.last_event_step: Optional[int] = None
         self.target_not_reached: Optional[str] = None  # set by the callback when training stops early
         self._lock_targets()
@@ -219,39 +220,13 @@ class Pruner:
         that are not final yet (under DeepSpeed, whose step unscales and clips them:
         :func:`hf_prune.deepspeed_step.update_scores_before_step`). A step whose gradients are not finite (an fp16
         overflow the optimizer will skip) leaves every score unchanged."""
-        updates = []
-        for group in self.groups:
-            if not group.criterion.needs_gradient or group.pattern.locked:
-                continue
-            for name in group.names:
-                module = self.modules[name]
-                gradient = local_gradient(module.weight)  # sharded: the rank's rows of the (averaged) gradient
-                if gradient is not None:
-                    if gradient_scale != 1.0:
-                        gradient = gradient * gradient_scale
-                    element = group.criterion.element_scores(oriented(module, local_values(module.weight)),
-                                                             oriented(module, gradient))
-                    updates.append((name, group.momentum, group.reduce(name, element)))
-        if not updates:
-            return
-        # one check for the whole step: a sum (the 1-norm of non-negative scores) is inf/nan as soon as any term is
-        device = updates[0][2].device
-        sums = torch._foreach_norm([block for _, _, block in updates], 1)
-        if not bool(torch.isfinite(torch.stack([total.to(device) for total in sums]).sum())):
+        if not self.score_buffers.update(gradient_scale):
             logger.warning("non-finite gradients: scores left unchanged this step")
-            return
-        for name, _, block in updates:
-            if self.scores[name].device != block.device:
-                self.scores[name] = self.scores[name].to(block.device)
-        # one foreach call per momentum, not two kernels per layer: on a GPU the launches are the step's cost
-        for momentum in dict.fromkeys(momentum for _, momentum, _ in updates):
-            scores = [self.scores[name] for name, m, _ in updates if m == momentum]
-            blocks = [block for _, m, block in updates if m == momentum]
-            if momentum == 0.0:
-                torch._foreach_copy_(scores, blocks)
-            else:
-                torch._foreach_mul_(scores, momentum)
-                torch._foreach_add_(scores, blocks)
+
+    @property
+    def scores(self) -> Dict[str, torch.Tensor]:
+        """Running block scores by weight name (views into the flat buffers); empty once the schedule finished."""
+        return self.score_buffers.views
 
     @torch.no_grad()
     def apply_masks(self, finite: Optional[bool] = None) -> None:
@@ -304,7 +279,7 @@ class Pruner:
             return []
         norms = torch._foreach_norm(weights, float("inf"))  # the largest |w|: inf or NaN only when one is
         device = norms[0].device
-        if bool(torch.isfinite(torch.stack([n.to(device) for n in norms]).sum())):
+        if bool(torch.isfinite(torch.stack([n if n.device == device else n.to(device) for n in norms]).sum())):
             return []
         return [name for name in names if local_values(self.modules[name].weight).numel()
                 and not bool(torch.isfinite(local_values(self.modules[name].weight)).all())]
@@ -320,6 +295,8 @@ class Pruner:
                 fired = True
         if fired:
             self.last_event_step = global_step
+            if self.schedule_finished:
+                self.score_buffers.release()  # the masks are final: scores are dead weight from here on
             self.apply_masks()
             if self.input_norms is not None and all(group.schedule.end_step <= global_step for group in self.groups
                                                     if group.criterion.needs_activations):
@@ -485,9 +462,16 @@ class Pruner:
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         """Restore masks and scores saved by ``state_dict`` (by a run of any world size); the set of modules and
-        shapes must match."""
+        shapes must match. A state whose schedule has finished needs no scores (saved ones are ignored)."""
+        self.last_event_step = state.get("last_event_step")
+        if self.schedule_finished:
+            self.score_buffers.release()
+        elif not self.score_buffers.views and self.ranks_by_gradient:  # released by a finished run: scores again
+            self.score_buffers = ScoreBuffers(list(self.records.values()))
         for key in STATE_KEYS.values():
             current, saved = getattr(self, key), state.get(key, {})
+            if key == "scores" and self.schedule_finished:
+                continue
             if set(saved) != set(current):
                 missing, unexpected = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
                 raise ValueError(f"pruner state {key} do not match this model: missing {missing}, unexpected {unexpected}")
@@ -496,8 +480,7 @@ class Pruner:
                 if tuple(tensor.shape) != expected:
                     raise ValueError(f"pruner state {key}[{name!r}] has shape {tuple(tensor.shape)}, expected {expected}")
                 local = self._local(key, name, tensor)
-                current[name] = local.to(device=current[name].device, dtype=current[name].dtype).clone()
-        self.last_event_step = state.get("last_event_step")
+                current[name].copy_(local.to(device=current[name].device, dtype=current[name].dtype))
 
     def save_state(self, directory: str, write: bool = True) -> Optional[str]:
         """Write masks and scores as safetensors (no pickle) into ``directory``. Sharded: every rank calls it (the

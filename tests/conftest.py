@@ -111,3 +111,21 @@ def tiny_bpe_tokenizer():
     tokenizer.train_from_iterator(SENTENCES * 4, trainers.BpeTrainer(
         vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+#: aten ops that only make views (no kernel, no data touched): left out when counting what a step launches
+VIEW_OPS = frozenset({"aten::view", "aten::unflatten", "aten::permute", "aten::as_strided", "aten::t",
+                      "aten::transpose", "aten::unsqueeze", "aten::slice", "aten::narrow", "aten::detach",
+                      "aten::alias", "aten::reshape", "aten::_reshape_alias", "aten::expand", "aten::select",
+                      "aten::lift_fresh", "aten::empty", "aten::resolve_conj", "aten::resolve_neg"})
+
+
+def count_ops(function) -> int:
+    """Top-level aten ops ``function()`` dispatches, views and allocations left out: on a GPU each is a kernel
+    launch (or a few), so this is what a step's host cost grows with."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        function()
+    return sum(1 for event in prof.events() if event.name.startswith("aten::") and event.cpu_parent is None
+               and event.name not in VIEW_OPS)

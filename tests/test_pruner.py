@@ -148,7 +148,8 @@ def test_ties_are_deterministic():
 
 def test_state_round_trip(tmp_path):
     model = ToyMLP()
-    config = PruningConfig(target_sparsity=0.5, pattern="4x1", start_step=1, end_step=1, exclude=[r"layers\.2"])
+    config = PruningConfig(target_sparsity=0.5, pattern="4x1", start_step=1, end_step=3, frequency=1,
+                           exclude=[r"layers\.2"])
     pruner = Pruner(model, config)
     _backward(model)
     pruner.update_scores()
@@ -163,6 +164,34 @@ def test_state_round_trip(tmp_path):
     in_memory = Pruner(ToyMLP(seed=2), config)
     in_memory.load_state_dict(pruner.state_dict())
     assert all(torch.equal(in_memory.masks[n], pruner.masks[n]) for n in pruner.masks)
+    assert all(torch.equal(in_memory.scores[n], pruner.scores[n]) for n in pruner.masks)
+
+
+def test_scores_are_dropped_after_the_last_event(tmp_path):
+    """A finished schedule keeps masks only, in memory and on disk; a state saved with scores (before scores were
+    dropped) still resumes, its scores ignored, and a mid-schedule state gives a finished pruner its scores back."""
+    config = PruningConfig(target_sparsity=0.5, pattern="4x1", start_step=1, end_step=2, frequency=1,
+                           exclude=[r"layers\.2"])
+    model = ToyMLP()
+    pruner = Pruner(model, config)
+    _backward(model)
+    pruner.update_scores()
+    pruner.step(1)
+    mid_schedule = pruner.state_dict()
+    assert set(mid_schedule["scores"]) == set(pruner.masks)
+    pruner.update_scores()
+    pruner.step(2)
+    assert pruner.schedule_finished and pruner.scores == {}
+    pruner.update_scores()  # nothing left to score: a no-op, not an error
+    finished = pruner.state_dict()
+    assert finished["scores"] == {}
+    old_format = dict(finished, scores=mid_schedule["scores"])
+    restored = Pruner(ToyMLP(seed=1), config)
+    restored.load_state_dict(old_format)
+    assert restored.scores == {} and all(torch.equal(restored.masks[n], pruner.masks[n]) for n in pruner.masks)
+    restored.load_state_dict(mid_schedule)
+    assert restored.last_event_step == 1
+    assert all(torch.equal(restored.scores[n], mid_schedule["scores"][n]) for n in pruner.masks)
 
 
 def test_state_for_another_model_is_refused():
