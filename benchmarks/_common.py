@@ -57,6 +57,15 @@ def add_device_argument(parser) -> None:
                         help="where the Trainer runs (cuda: the first GPU, fp32 as the Trainer's default)")
 
 
+def llama_24_config():
+    """A Llama-shaped model with 24 layers (hidden 256, 8 query / 4 KV heads, FFN 704, 168 pruned Linears): the
+    number of layers, not their width, is what the pruner's per-step cost used to grow with."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=256, intermediate_size=704, num_hidden_layers=24, num_attention_heads=8,
+                       num_key_value_heads=4, vocab_size=8192, max_position_embeddings=256), "built"
+
+
 def bert_base_config():
     """bert-base's shape (12 layers, 768 hidden, 12 heads, FFN 3072), random weights: speed does not depend on them."""
     return BertConfig(), "built"

@@ -6,7 +6,9 @@ machine hits every side. ``--inc`` adds a third side: Intel Neural Compressor's 
 (run it with the INC venv's python, see RESULTS.md). Targets: time ratio <= 1.05; extra bytes / bytes of
 pruned weights <= 0.6.
 
-    python benchmarks/callback_overhead.py [--steps 60] [--repeats 2] [--model minilm|bert-base] [--inc]
+``--model llama-24``: a Llama-shaped QA model with 24 layers (``LlamaForQuestionAnswering``, 168 pruned Linears).
+
+    python benchmarks/callback_overhead.py [--steps 60] [--repeats 2] [--model minilm|bert-base|llama-24] [--inc]
                                            [--device cuda]
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from transformers import Trainer, TrainingArguments
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (StepTimer, SyntheticQA, add_device_argument, bert_base_config, bert_mini_config,  # noqa: E402
-                     minilm_config, qa_model)
+                     llama_24_config, minilm_config, qa_model)
 
 from hf_prune import PruningConfig, PruningTrainerCallback  # noqa: E402
 
@@ -51,11 +53,12 @@ def run(config, steps: int, pruner: Optional[str], output_dir: str, device: str 
     return timer, pruning
 
 
-CONFIGS = {"bert-mini": bert_mini_config, "minilm": minilm_config, "bert-base": bert_base_config}
+CONFIGS = {"bert-mini": bert_mini_config, "minilm": minilm_config, "bert-base": bert_base_config,
+           "llama-24": llama_24_config}
 
 
 def pruner_bytes(pruner):
-    extra = sum(t.numel() * t.element_size() for t in list(pruner.masks.values()) + list(pruner.scores.values()))
+    extra = sum(pruner.state_bytes().values())
     weights = sum(pruner.modules[n].weight.numel() * pruner.modules[n].weight.element_size() for n in pruner.masks)
     return extra, weights
 

@@ -59,7 +59,7 @@ def rank_bytes(pruner):
     """(mask + score bytes, bytes of the pruned weights' local shards) on this rank."""
     from hf_prune.sharding import local_tensor
 
-    extra = sum(t.numel() * t.element_size() for t in list(pruner.masks.values()) + list(pruner.scores.values()))
+    extra = sum(pruner.state_bytes().values())
     weights = sum(local_tensor(pruner.modules[n].weight).numel() * pruner.modules[n].weight.element_size()
                   for n in pruner.masks)
     return extra, weights

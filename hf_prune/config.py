@@ -34,8 +34,10 @@ DEFAULT_TARGET_SPARSITY = 0.8
 #: Fields that only shape scoring, ranking and scheduling, which pattern "lock" does not do: left at their defaults.
 LOCK_UNUSED_FIELDS = ("criterion", "momentum", "block_reduce", "schedule", "start_step", "end_step", "frequency",
                       "scope", "min_sparsity_per_layer", "max_sparsity_per_layer", "calibration_batches",
-                      "keep_multiple_of")
+                      "keep_multiple_of", "score_dtype")
 BLOCK_REDUCTIONS = ("mean", "sum")
+#: dtypes the running scores of gradient criteria may be kept in (bfloat16 halves their memory)
+SCORE_DTYPES = ("float32", "bfloat16")
 
 
 def _figure(target: Optional[float]) -> str:
@@ -79,6 +81,7 @@ class PruningConfig(JsonConfigMixin):
     name: Optional[str] = None
     calibration_batches: int = 16
     keep_multiple_of: int = 1  # head/channel: each layer keeps a multiple of this many units (GPU-friendly shapes)
+    score_dtype: str = "float32"  # running scores of gradient criteria: "bfloat16" halves their bytes
 
     config_name: ClassVar[str] = CONFIG_NAME
     config_kind: ClassVar[str] = "pruning"
@@ -107,6 +110,8 @@ class PruningConfig(JsonConfigMixin):
             raise ValueError(f"block_reduce must be one of {BLOCK_REDUCTIONS}, got {short(self.block_reduce)}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {short(self.scope)}")
+        if self.score_dtype not in SCORE_DTYPES:
+            raise ValueError(f"score_dtype must be one of {SCORE_DTYPES}, got {short(self.score_dtype)}")
         self._check_steps()
         if not 0.0 <= self.min_sparsity_per_layer <= self.max_sparsity_per_layer <= 1.0:
             raise ValueError(
@@ -149,7 +154,7 @@ class PruningConfig(JsonConfigMixin):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{key} must be an integer or unset (None), got {short(value)} ({type(value).__name__})")
-        for key in ("pattern", "criterion", "block_reduce", "schedule", "scope"):
+        for key in ("pattern", "criterion", "block_reduce", "schedule", "scope", "score_dtype"):
             value = getattr(self, key)
             if not isinstance(value, str):
                 raise ValueError(f"{key} must be a string, got {short(value)} ({type(value).__name__})")

@@ -30,6 +30,7 @@ from .groups import (PruningGroup, check_units_reachable, global_unit_counts, or
 from .launch_modes import check_launch_mode
 from .export import save_pruning_artifacts
 from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates, save_in_merged_form
+from .mask_bits import MaskStore
 from .model_metadata import read_pruning_section, recorded_layers
 from .modules import check_not_tied, is_transposed, oriented, prunable_modules, task_head_names
 from .patterns import get_pattern
@@ -71,15 +72,15 @@ class Pruner:
         #: one record per pruned weight, in group order
         self.records: Dict[str, PrunedWeight] = {name: PrunedWeight(name, self.modules[name], group)
                                                  for group in self.groups for name in group.names}
-        self.masks: Dict[str, torch.Tensor] = {}
+        #: keep-masks of this rank's part of each weight, held as bits (all ones until the first event)
+        self.masks = MaskStore({name: (local_shape(record.module.weight), record.module.weight.device)
+                                for name, record in self.records.items()})
         self.bias_masks: Dict[str, torch.Tensor] = {}  # structured patterns: biases of the units' output rows
         for name, record in self.records.items():
             weight = record.module.weight
             if record.group.pattern.locked:
                 self.masks[name] = local_values(weight).detach() != 0
-                continue
-            self.masks[name] = torch.ones(local_shape(weight), dtype=torch.bool, device=weight.device)
-            if record.role == "rows" and record.module.bias is not None:
+            elif record.role == "rows" and record.module.bias is not None:
                 self.bias_masks[name] = torch.ones(local_shape(record.module.bias), dtype=torch.bool,
                                                    device=weight.device)
         #: running scores of the gradient-ranked weights, in flat buffers (dropped after the last event)
@@ -236,8 +237,9 @@ class Pruner:
         if self.last_event_step is None and not any(group.pattern.locked for group in self.groups):
             return  # nothing pruned yet: all masks are ones
         finite = not self.non_finite_layers() if finite is None else finite
-        for masks, attribute in ((self.masks, "weight"), (self.bias_masks, "bias")):
-            mask_all_([getattr(self.modules[name], attribute) for name in masks], list(masks.values()), finite)
+        self.masks.follow(lambda name: self.modules[name].weight.device)
+        self.masks.apply({name: self.modules[name].weight for name in self.masks}, finite)
+        mask_all_([self.modules[name].bias for name in self.bias_masks], list(self.bias_masks.values()), finite)
 
     def mask_after_step(self, step: int) -> None:
         """After an optimizer step: mask (exactly, even over NaN), and stop the run when a pruned weight is not
@@ -396,12 +398,20 @@ class Pruner:
         """Masked weights and all weights of the layers ``names``: the row-sharded layers' counts summed over every
         rank (a collective), the others' (whole on every rank: DDP, ZeRO-3's persistent weights) counted once."""
         def counts(subset):
-            return (sum(int((~self.masks[name]).sum()) for name in subset),
-                    sum(self.masks[name].numel() for name in subset))
+            return (sum(self.masks.pruned_count(name) for name in subset),
+                    sum(self.masks.numel(name) for name in subset))
 
         split_pruned, split_total = self.shards.total(counts([n for n in names if n in self.shards.shards]))
         whole_pruned, whole_total = counts([n for n in names if n not in self.shards.shards])
         return split_pruned + whole_pruned, split_total + whole_total
+
+    def state_bytes(self) -> Dict[str, int]:
+        """Bytes this rank holds for the pruner's state, by kind (masks are bits; scores go after the last event)."""
+        def size(tensors):
+            return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+        return {"masks": self.masks.nbytes, "bias_masks": size(self.bias_masks.values()),
+                "scores": size(self.scores.values()), "input_sums": size(self.input_sums.values())}
 
     def sparsity(self) -> float:
         """Masked fraction over all pruned weights."""
@@ -480,7 +490,10 @@ class Pruner:
                 if tuple(tensor.shape) != expected:
                     raise ValueError(f"pruner state {key}[{name!r}] has shape {tuple(tensor.shape)}, expected {expected}")
                 local = self._local(key, name, tensor)
-                current[name].copy_(local.to(device=current[name].device, dtype=current[name].dtype))
+                if key == "scores":  # views into the flat buffers: written in place
+                    current[name].copy_(local.to(device=current[name].device, dtype=current[name].dtype))
+                else:
+                    current[name] = local.to(device=current[name].device, dtype=current[name].dtype).clone()
 
     def save_state(self, directory: str, write: bool = True) -> Optional[str]:
         """Write masks and scores as safetensors (no pickle) into ``directory``. Sharded: every rank calls it (the

@@ -3,6 +3,10 @@
 Tensors are named ``<kind>.<module name>`` (``mask.``, ``bias_mask.``, ``score.``, ``input_sq.``); the resolved
 config and the step of the last pruning event travel in the safetensors metadata. The tensors are always whole
 (a sharded run gathers them first), so a file resumes on any number of processes.
+
+Format 2 (``format`` in the metadata) stores weight masks as bits (:func:`hf_prune.mask_bits.pack_bits`, shapes in
+the metadata); a file without ``format`` (format 1, bool masks) still resumes, and a newer format is refused
+naming it.
 """
 from __future__ import annotations
 
@@ -11,11 +15,13 @@ import os
 from typing import Dict, Optional
 
 from .config import PruningConfig
+from .mask_bits import pack_bits, unpack_bits
 from .value_checks import short
 
-__all__ = ["PRUNER_STATE_NAME", "STATE_KEYS", "write_state", "read_state", "read_config"]
+__all__ = ["PRUNER_STATE_NAME", "STATE_FORMAT", "STATE_KEYS", "write_state", "read_state", "read_config"]
 
 PRUNER_STATE_NAME = "pruner_state.safetensors"
+STATE_FORMAT = 2
 #: prefix of a tensor in the saved state -> the Pruner attribute it restores
 STATE_KEYS = {"mask": "masks", "bias_mask": "bias_masks", "score": "scores", "input_sq": "input_sums"}
 
@@ -25,8 +31,11 @@ def write_state(state: Dict[str, object], directory: str) -> str:
     from safetensors.torch import save_file
 
     tensors = {f"{prefix}.{name}": tensor.contiguous().cpu()
-               for prefix, key in STATE_KEYS.items() for name, tensor in state[key].items()}
-    metadata = {"last_event_step": json.dumps(state["last_event_step"]), "config": json.dumps(state["config"])}
+               for prefix, key in STATE_KEYS.items() if key != "masks" for name, tensor in state[key].items()}
+    tensors.update({f"mask.{name}": pack_bits(mask.cpu()) for name, mask in state["masks"].items()})
+    shapes = {name: list(mask.shape) for name, mask in state["masks"].items()}
+    metadata = {"last_event_step": json.dumps(state["last_event_step"]), "config": json.dumps(state["config"]),
+                "format": str(STATE_FORMAT), "mask_shapes": json.dumps(shapes)}
     path = os.path.join(directory, PRUNER_STATE_NAME)
     save_file(tensors, path, metadata=metadata)
     return path
@@ -45,18 +54,50 @@ def read_state(directory: str) -> Dict[str, object]:
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
+            mask_shapes = _mask_shapes(path, metadata)
             for tensor_name in handle.keys():
                 prefix, _, name = tensor_name.partition(".")
                 if prefix not in STATE_KEYS or not name:
                     raise ValueError(f"{path}: unexpected tensor {short(tensor_name)} (known prefixes: "
                                      f"{sorted(STATE_KEYS)})")
-                state[STATE_KEYS[prefix]][name] = _checked_tensor(path, tensor_name, prefix, handle.get_tensor(tensor_name))
+                tensor = handle.get_tensor(tensor_name)
+                if prefix == "mask" and mask_shapes is not None:
+                    tensor = _unpacked(path, tensor_name, tensor, mask_shapes.get(name))
+                state[STATE_KEYS[prefix]][name] = _checked_tensor(path, tensor_name, prefix, tensor)
     except ValueError:
         raise
     except Exception as err:  # safetensors' own errors for a truncated or corrupt file
         raise ValueError(f"{path} is not a readable pruner state: {short(str(err))}") from None
     state["last_event_step"] = _checked_step(path, metadata.get("last_event_step", "null"))
     return state
+
+
+def _mask_shapes(path: str, metadata: Dict[str, str]) -> Optional[Dict[str, list]]:
+    """Shapes of the bit-packed masks (format 2); None for format 1, whose masks are stored whole."""
+    version = metadata.get("format", "1")
+    if version == "1":
+        return None
+    if version != str(STATE_FORMAT):
+        raise ValueError(f"{path}: pruner state format {short(version)} is newer than this hf_prune reads "
+                         f"(formats 1 and {STATE_FORMAT}): upgrade hf_prune")
+    try:
+        shapes = json.loads(metadata.get("mask_shapes", ""))
+    except ValueError:
+        shapes = None
+    if not isinstance(shapes, dict):
+        raise ValueError(f"{path}: format {STATE_FORMAT} needs the mask shapes in its metadata (mask_shapes)")
+    return shapes
+
+
+def _unpacked(path: str, tensor_name: str, bits, shape):
+    import torch
+
+    if not isinstance(shape, list) or not all(isinstance(size, int) and size >= 0 for size in shape):
+        raise ValueError(f"{path}: no valid shape for {tensor_name} in mask_shapes (got {short(shape)})")
+    numel = int(torch.Size(shape).numel())
+    if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != (numel + 7) // 8:
+        raise ValueError(f"{path}: {tensor_name} is not {numel} packed bits of shape {shape}")
+    return unpack_bits(bits, numel).view(shape)
 
 
 def _checked_tensor(path: str, tensor_name: str, prefix: str, tensor):

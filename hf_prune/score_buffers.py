@@ -1,7 +1,8 @@
 """Running scores of the gradient-ranked weights in flat buffers, updated by a fixed number of kernels a step.
 
-Scores of weights that share a device, a criterion, a block size, a reduction and a momentum live in one flat
-fp32 buffer (a bucket); each weight's scores are a view into it. A step copies every weight's gradient into a
+Scores of weights that share a device, a criterion, a block size, a reduction, a momentum and a score dtype live
+in one flat buffer (a bucket: fp32, or bf16 with ``score_dtype="bfloat16"``, where each step's update is computed
+in fp32 and rounded once); each weight's scores are a view into it. A step copies every weight's gradient into a
 transient flat buffer laid out block by block (:meth:`~hf_prune.pruned_weight.PrunedWeight.blocks_view`), so the
 criterion, the block reduction, the finiteness check and the momentum update are each one kernel over the whole
 bucket — a 48-layer model costs the same number of kernels as a 4-layer one. The transient buffer is cut into
@@ -77,7 +78,7 @@ def _fusable(record: PrunedWeight) -> bool:
 class ScoreBuffers:
     """Flat score buffers of the records ranked by gradients; ``views`` maps a weight's name to its scores."""
 
-    def __init__(self, records: Sequence[PrunedWeight], dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, records: Sequence[PrunedWeight]) -> None:
         keyed: Dict[tuple, List[PrunedWeight]] = {}
         self.separate: List[PrunedWeight] = []  # scored one by one (their local part is not a plain matrix)
         self._separate_scores: Dict[str, torch.Tensor] = {}
@@ -85,14 +86,16 @@ class ScoreBuffers:
             if not record.scored_by_gradient:
                 continue
             device = record.module.weight.device
+            dtype = getattr(torch, record.group.config.score_dtype)
             if not _fusable(record):
                 self.separate.append(record)
                 self._separate_scores[record.name] = torch.zeros(record.local_score_shape, dtype=dtype, device=device)
                 continue
             how = "sum" if record.role is not None or record.elements_per_score == 1 else record.group.config.block_reduce
-            key = (str(device), type(record.group.criterion).__name__, record.elements_per_score, how, record.momentum)
+            key = (str(device), type(record.group.criterion).__name__, record.elements_per_score, how, record.momentum,
+                   dtype)
             keyed.setdefault(key, []).append(record)
-        self.buckets = [_Bucket(members, members[0].module.weight.device, key[3], dtype)
+        self.buckets = [_Bucket(members, members[0].module.weight.device, key[3], key[5])
                         for key, members in keyed.items()]
         self.views: Dict[str, torch.Tensor] = {}
         self._refresh_views()
@@ -148,8 +151,10 @@ class ScoreBuffers:
     def _fold(scores: torch.Tensor, block: torch.Tensor, momentum: float) -> None:
         if momentum == 0.0:
             scores.copy_(block)
-        else:
+        elif scores.dtype == torch.float32:
             scores.mul_(momentum).add_(block)
+        else:  # computed in fp32, rounded once
+            scores.copy_(scores.float().mul_(momentum).add_(block))
 
     def _follow_model(self) -> None:
         """Scores follow their weights when the model moved to another device after the pruner was built."""

@@ -19,7 +19,7 @@ class RecordingCallback(PruningTrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         super().on_step_end(args, state, control, **kwargs)
         if self.pruner.last_event_step == state.global_step:
-            torch.save({"masks": self.pruner.masks, "scores": self.pruner.scores},
+            torch.save({"masks": dict(self.pruner.masks), "scores": self.pruner.scores},
                        os.path.join(self.out_dir, f"rank{args.process_index}-step{state.global_step}.pt"))
 
 

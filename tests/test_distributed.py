@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_prune.pruner_state import read_state
+
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,9 +61,9 @@ def test_two_process_checkpoint_resumes_on_one_process(two_process_run, tmp_path
     import shutil
 
     checkpoint = two_process_run / "checkpoint-4"
-    saved_masks = load_file(str(checkpoint / "pruner_state.safetensors"))
+    saved_masks = read_state(str(checkpoint))["masks"]
     for name, keep in torch.load(two_process_run / "rank0-step4.pt")["masks"].items():
-        assert torch.equal(saved_masks[f"mask.{name}"], keep), name
+        assert torch.equal(saved_masks[name], keep), name
     resumed = tmp_path / "resumed"
     shutil.copytree(checkpoint, resumed / "checkpoint-4")
     _launch(1, str(resumed), "8", str(resumed / "checkpoint-4"))

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -167,6 +169,35 @@ def test_state_round_trip(tmp_path):
     assert all(torch.equal(in_memory.scores[n], pruner.scores[n]) for n in pruner.masks)
 
 
+def test_masks_are_saved_as_bits_and_format_1_states_still_resume(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from hf_prune.pruner_state import STATE_FORMAT
+
+    config = PruningConfig(target_sparsity=0.5, pattern="2:4", start_step=1, end_step=1, exclude=[])
+    model = ToyMLP(sizes=(16, 32, 16, 8))
+    pruner = Pruner(model, config)
+    _backward(model)
+    pruner.update_scores()
+    pruner.step(1)
+    path = pruner.save_state(str(tmp_path))
+    saved = load_file(path)
+    assert all(saved[f"mask.{name}"].dtype == torch.uint8 and saved[f"mask.{name}"].numel() * 8 == mask.numel()
+               for name, mask in pruner.masks.items())
+    assert STATE_FORMAT == 2
+    restored = Pruner(ToyMLP(seed=3, sizes=(16, 32, 16, 8)), config)
+    restored.load_state(str(tmp_path))
+    assert all(torch.equal(restored.masks[n], pruner.masks[n]) for n in pruner.masks)
+    # the format every earlier release wrote: whole bool masks, no "format" in the metadata
+    state = pruner.state_dict()
+    old = {f"mask.{name}": mask for name, mask in state["masks"].items()}
+    save_file(old, path, metadata={"last_event_step": "1", "config": json.dumps(state["config"])})
+    from_old = Pruner(ToyMLP(seed=4, sizes=(16, 32, 16, 8)), config)
+    from_old.load_state(str(tmp_path))
+    assert all(torch.equal(from_old.masks[n], pruner.masks[n]) for n in pruner.masks)
+    assert from_old.last_event_step == 1
+
+
 def test_scores_are_dropped_after_the_last_event(tmp_path):
     """A finished schedule keeps masks only, in memory and on disk; a state saved with scores (before scores were
     dropped) still resumes, its scores ignored, and a mid-schedule state gives a finished pruner its scores back."""
@@ -234,7 +265,11 @@ def test_bad_model_input():
     (lambda tensors, meta: tensors.update({k: torch.full_like(v, float("nan")) for k, v in tensors.items()
                                            if k.startswith("score.")}), "NaN or infinite"),
     (lambda tensors, meta: tensors.update({k: torch.full(v.shape, 0.5) for k, v in tensors.items()
-                                           if k.startswith("mask.")}), "values other than 0 and 1"),
+                                           if k.startswith("mask.")}), "packed bits"),
+    (lambda tensors, meta: (meta.pop("format"), tensors.update(  # format 1: whole masks
+        {f"mask.{name}": torch.full(shape, 0.5) for name, shape in json.loads(meta["mask_shapes"]).items()})),
+     "values other than 0 and 1"),
+    (lambda tensors, meta: meta.update(format="3"), "newer than this hf_prune reads"),
     (lambda tensors, meta: meta.update(last_event_step="-7"), "last_event_step must be a non-negative integer"),
     (lambda tensors, meta: meta.update(last_event_step="1e9"), "last_event_step must be a non-negative integer"),
 ])

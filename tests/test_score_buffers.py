@@ -133,3 +133,20 @@ def test_a_custom_gradient_criterion_is_scored_by_its_own_method():
         assert torch.equal(pruner.scores["0"], (model[0].weight.detach() * 2.0).pow(2))
     finally:
         CRITERIA._entries.pop("squared_test_only", None)
+
+
+def test_bfloat16_scores_halve_the_bytes_and_stay_close():
+    config = PruningConfig(target_sparsity=0.5, pattern="2:4", start_step=5, end_step=10, exclude=[])
+    pruners = {}
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        model = ToyMLP(sizes=(32, 64, 32, 8))
+        pruners[dtype] = Pruner(model, PruningConfig(**{**config.to_dict(), "score_dtype": dtype}))
+        _steps(model, pruners[dtype], torch.randn(8, 32), steps=3)
+    full, half = pruners["float32"], pruners["bfloat16"]
+    assert half.state_bytes()["scores"] * 2 == full.state_bytes()["scores"]
+    for name, scores in full.scores.items():
+        assert half.scores[name].dtype == torch.bfloat16
+        torch.testing.assert_close(half.scores[name].float(), scores, rtol=2 ** -7, atol=0)
+    with pytest.raises(ValueError, match=r"score_dtype must be one of \('float32', 'bfloat16'\), got 'float16'"):
+        PruningConfig(score_dtype="float16")
