@@ -32,6 +32,9 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
                      and KV groups, the most even widths), then token KD (recipe minitron-90m.yaml)
   minitron-depth-kd  the same budget by removing decoder layers only (full widths), then token KD
   minitron-depth-kd-400  minitron-depth-kd at 4x the budget (400 steps, 3,200 training examples)
+  minitron-depth-textkd  minitron-depth-kd with a text-distillation phase first: 100 steps of batch 8 of logit KD
+                     only (no hard labels) from the dense model on plain Wikipedia paragraphs (the distinct contexts
+                     of train.json, 320 tokens at most, loss on every token), then the same 100 SFT steps with KD
   minitron-search-kd the shape search's winner (every candidate scored by the LM loss of 4 calibration batches
                      after one-shot compression), then token KD
   Each minitron run also reports perplexity on held-out Wikipedia paragraphs (contexts of validation.json), batch-1
@@ -86,6 +89,7 @@ RUNS = {
     "minitron-depth-kd": "minitron-90m.yaml",
     "minitron-search-kd": "minitron-90m.yaml",
     "minitron-depth-kd-400": "minitron-90m.yaml",
+    "minitron-depth-textkd": "minitron-90m.yaml",
 }
 #: compression of the minitron runs (hf_prune.compress), named before they ran
 TARGET_PARAMETERS = 90e6
@@ -97,6 +101,7 @@ COMPRESSION = {
     "minitron-depth-kd": dict(depth_only=True),                  # the candidate that removes layers only
     "minitron-search-kd": dict(search=True),                     # every candidate scored, the lowest loss wins
     "minitron-depth-kd-400": dict(depth_only=True),              # the best 100-step setting at 4x the budget
+    "minitron-depth-textkd": dict(depth_only=True),              # the same start, text distillation first
 }
 COMPRESSION_SETTINGS = dict(max_batches=16, score_batches=4, aggregation="l2", layer_method="cosine")
 #: runs that change the recipe's training arguments (named before they ran)
@@ -116,6 +121,8 @@ RUN_ARGUMENTS = {
     # the recipe's schedule otherwise unchanged (rate held, linear decay over the last 30 steps)
     "minitron-depth-kd-400": dict(max_steps=400),
 }
+#: runs with a text-distillation phase before the SFT (named before they ran): its steps (batch and rate as the SFT's)
+TEXT_DISTILLATION_STEPS = {"minitron-depth-textkd": 100}
 
 
 # ---- model and data --------------------------------------------------------------------------------------------
@@ -297,6 +304,29 @@ def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
              "candidates": [{"shape": shape.describe(), "parameters": count, "calibration_loss": loss}
                             for shape, count, loss in result.candidates]}
     return result.model, facts
+
+
+def text_dataset(tokenizer, examples: int, max_tokens: int):
+    """The first ``examples`` distinct contexts of train.json as plain text (``input_ids`` only: a loss on every
+    token), for the text-distillation phase; validation.json's contexts stay held out for the perplexity."""
+    import datasets
+
+    contexts = list(dict.fromkeys(record["context"] for record in load_squad_file(os.path.join(SQUAD, "train.json"))))
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens] for text in contexts[:examples]]
+    return datasets.Dataset.from_dict({"input_ids": ids})
+
+
+def distil_on_text(model, teacher, tokenizer, recipe, steps: int) -> dict:
+    """The text-distillation phase: logit KD only from ``teacher`` on Wikipedia paragraphs, the recipe's batch
+    size and learning-rate schedule over ``steps`` steps."""
+    arguments = dataclasses.replace(recipe.arguments, max_steps=steps, completion_only_loss=False,
+                                    output_dir=recipe.arguments.output_dir + "-text")
+    phase = recipe._replace(arguments=arguments,
+                            distillation=dataclasses.replace(recipe.distillation, hard_label_weight=0.0))
+    texts = text_dataset(tokenizer, steps * arguments.per_device_train_batch_size, arguments.max_length)
+    _, metrics = sft(model, tokenizer, texts, phase, teacher)
+    return {"text_distillation": {"steps": steps, "paragraphs": len(texts), "train_seconds": metrics.get(
+        "train_runtime"), "train_loss": metrics.get("train_loss")}}
 
 
 @torch.no_grad()
@@ -544,6 +574,9 @@ def main() -> None:
         dense = model
         model, facts = compress_dense(dense, train, tokenizer, batch, name)
         row.update(facts, oneshot_wikipedia_perplexity=wikipedia_perplexity(model, tokenizer))
+        if name in TEXT_DISTILLATION_STEPS:
+            row.update(distil_on_text(model, teacher, tokenizer, recipe, TEXT_DISTILLATION_STEPS[name]),
+                       text_distilled_wikipedia_perplexity=wikipedia_perplexity(model, tokenizer))
         trainer, metrics = sft(model, tokenizer, train, recipe, teacher)
         model.save_pretrained(os.path.join(out, "model"))
         tokenizer.save_pretrained(os.path.join(out, "model"))
