@@ -14,32 +14,28 @@ and ZeRO-3 masks and scores hold the rank's rows only (:mod:`hf_prune.sharding`)
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .architectures import StructuredBlock
 from .calibration import InputNorms, run_calibration
 from .config import PruningConfig
-from .criteria import get_criterion
-from .groups import (PruningGroup, check_units_reachable, global_unit_counts, oriented_shape, round_kept_units,
-                     schedule_steps, select_modules, structured_blocks)
-from .launch_modes import check_launch_mode
 from .export import save_pruning_artifacts
-from .lora import BASE_LAYER, check_adapters, lora_layers, mask_lora_updates, save_in_merged_form
+from .groups import PruningGroup, oriented_shape
+from .launch_modes import check_launch_mode
+from .lora import check_adapters, mask_lora_updates, save_in_merged_form
 from .mask_bits import MaskStore
-from .model_metadata import read_pruning_section, recorded_layers
-from .modules import check_not_tied, is_transposed, oriented, prunable_modules, task_head_names
+from .modules import oriented, prunable_modules
 from .patterns import get_pattern
 from .pruned_weight import PrunedWeight
+from .pruner_setup import build_groups, check_shards, lock_targets
 from .pruner_state import PRUNER_STATE_NAME, STATE_KEYS, read_config, read_state, write_state
+from .ranking import keep_masks
 from .report import FROZEN, SparsityReport, sparsity_report
-from .schedules import PruningSchedule
 from .score_buffers import ScoreBuffers
-from .sharding import WeightShards, full_shape, local_gradient, local_shape, local_values, mask_all_
+from .sharding import WeightShards, full_shape, local_shape, local_values, mask_all_
 from .value_checks import short
 
 logger = logging.getLogger(__name__)
@@ -60,15 +56,14 @@ class Pruner:
         check_adapters(model)
         self.model = model
         self.config = config
-        self.modules: Dict[str, nn.Module] = {}
-        #: frozen weights (requires_grad=False) a gradient criterion left dense: they never get a score
-        self.frozen: List[str] = []
         check_launch_mode(model, prunable_modules(model))
-        self.groups: List[PruningGroup] = self._build_groups(model, config)
+        #: the groups, the pruned modules by name, and the frozen weights (requires_grad=False) a gradient
+        #: criterion left dense: they never get a score
+        self.groups, self.modules, self.frozen = build_groups(model, config)
         self._group_of = {name: group for group in self.groups for name in group.names}
         #: FSDP2 / ZeRO-3 row shards: masks, bias masks and scores of those weights hold this rank's rows only
         self.shards = WeightShards(self.modules)
-        self._check_shards(model)
+        check_shards(model, self.groups, self.shards)
         #: one record per pruned weight, in group order
         self.records: Dict[str, PrunedWeight] = {name: PrunedWeight(name, self.modules[name], group)
                                                  for group in self.groups for name in group.names}
@@ -87,7 +82,7 @@ class Pruner:
         self.score_buffers = ScoreBuffers(list(self.records.values()))
         self.last_event_step: Optional[int] = None
         self.target_not_reached: Optional[str] = None  # set by the callback when training stops early
-        self._lock_targets()
+        self.config = lock_targets(model, self.config, self.groups, self._pruned_and_total)
         needing_inputs = {name: self.modules[name] for group in self.groups if group.criterion.needs_activations
                           and not group.pattern.locked for name in group.names}
         self.input_norms: Optional[InputNorms] = InputNorms(needing_inputs) if needing_inputs else None
@@ -97,116 +92,6 @@ class Pruner:
             logger.info("LoRA updates of pruned base layers are masked: merge_and_unload() keeps the zeros")
             save_in_merged_form(model, self.masks, lambda folder: save_pruning_artifacts(
                 folder, self.sparsity_report(), self.config))
-
-    # ---- set-up -------------------------------------------------------------------------------------
-    def _build_groups(self, model: nn.Module, config: PruningConfig) -> List[PruningGroup]:
-        linears = prunable_modules(model)
-        if not linears:
-            raise ValueError(f"{type(model).__name__} has no nn.Linear module (nor Conv1D) to prune")
-        heads = task_head_names(model, linears)
-        recorded = recorded_layers(model)  # the pruned layers a pruned model's config.json names
-        claimed: Dict[str, str] = {}
-        groups = []
-        group_configs = config.resolved_groups()
-        for index, group_config in enumerate(group_configs):
-            is_default = index == len(group_configs) - 1
-            pattern = get_pattern(group_config.pattern)
-            selected = select_modules(list(linears), group_config, claimed)
-            if group_config.include is None:  # heads are pruned only when an include names them
-                selected = [name for name in selected if name not in heads]
-                if pattern.locked and recorded is not None:  # "lock" keeps the layers the model's config records
-                    selected = [name for name in selected if name in recorded]
-            if get_criterion(group_config.criterion).needs_gradient and not pattern.locked:
-                selected = self._drop_frozen(selected, group_config)
-            blocks = []
-            if pattern.structured:  # whole units: the group prunes its blocks' modules, nothing else
-                blocks = structured_blocks(model, pattern, group_config, selected)
-                check_units_reachable(group_config, blocks)
-                selected = [member for block in blocks for member in block.members]
-            if not selected and not (is_default and config.groups):
-                raise ValueError(
-                    f"pruning group {group_config.name!r} selects no nn.Linear module: every module its include "
-                    "matches is excluded, a task head, frozen, or taken by an earlier group"
-                )
-            if selected and group_config.end_step is None and not pattern.locked:
-                raise ValueError(f"pruning group {group_config.name!r} has no end_step (its {group_config.pattern!r} "
-                                 "pattern needs a schedule; the top-level pattern 'lock' gives none): set its steps")
-            for name in selected:
-                if not pattern.structured and not pattern.locked:
-                    pattern.check_shape(name, oriented_shape(linears[name]))
-                claimed[name] = group_config.name
-                self.modules[name] = linears[name]
-            if selected:
-                schedule = PruningSchedule(group_config.schedule, *schedule_steps(group_config),
-                                           group_config.target_sparsity or 0.0)
-                groups.append(PruningGroup(group_config, pattern, get_criterion(group_config.criterion),
-                                           schedule, selected, blocks))
-        check_not_tied(model, self.modules)
-        return groups
-
-    def _check_shards(self, model: nn.Module) -> None:
-        """Sharded weights: no block may straddle two ranks' rows, and LoRA's masked updates need whole masks."""
-        if not self.shards.collective:
-            return
-        if lora_layers(model):
-            raise ValueError("LoRA adapters on a sharded (FSDP2 / ZeRO-3) model are not supported by hf_prune (the "
-                             "adapters' masked updates need whole masks): train the LoRA model under DDP")
-        for group in self.groups:
-            for name in group.names if not group.pattern.locked else ():
-                rows = group.rows_per_score(name)
-                if rows is not None:
-                    self.shards.check_rows(name, rows, f"a unit of pattern {group.pattern.name!r}")
-
-    def _drop_frozen(self, selected: List[str], group_config: PruningConfig) -> List[str]:
-        """A frozen weight never gets a gradient, so a gradient criterion would score it 0 and prune it first, by
-        index order: leave it dense and say so (magnitude, which needs no gradient, may prune it)."""
-        frozen = [name for name in selected if not self.model.get_submodule(name).weight.requires_grad]
-        adapted = [name for name in frozen if name.endswith(f".{BASE_LAYER}")]
-        if adapted:
-            raise ValueError(f"criterion {group_config.criterion!r} scores weights by their gradients, which LoRA's "
-                             f"frozen base weights (e.g. {adapted[0]}) never get: use criterion 'wanda' or "
-                             "'magnitude' (or pattern 'lock' to keep existing zeros) with a LoRA model")
-        if frozen:
-            logger.warning("group %r: %d frozen layer(s) (requires_grad=False) left dense, criterion %r needs their "
-                           "gradients: %s", group_config.name, len(frozen), group_config.criterion, ", ".join(frozen))
-            self.frozen.extend(frozen)
-        return [name for name in selected if name not in frozen]
-
-    def _lock_targets(self) -> None:
-        """A ``lock`` group's target is the sparsity its layers were loaded with: refused when they hold no zeros, or
-        when a stated ``target_sparsity`` is not what they have."""
-        for group in self.groups:
-            if not group.pattern.locked:
-                continue
-            zeros, total = self._pruned_and_total(group.names)
-            measured = zeros / total
-            if zeros == 0:
-                raise ValueError(f"pattern 'lock' (group {group.config.name!r}) found no zero weights in its {total:,} "
-                                 f"weights ({len(group.names)} layers, e.g. {group.names[0]}): nothing to keep; load "
-                                 "the sparse checkpoint, or select its sparse layers with include/exclude")
-            stated = group.config.target_sparsity
-            if stated is not None and abs(stated - measured) > 0.005:
-                raise ValueError(f"pattern 'lock' (group {group.config.name!r}): target_sparsity {stated} was given but "
-                                 f"the selected layers hold {measured:.4f} zeros; leave target_sparsity unset to keep "
-                                 "what was loaded")
-            self._check_recorded_sparsity(group, measured)
-            logger.info("group %r: locking %d layers at their loaded sparsity %.4f", group.config.name,
-                        len(group.names), measured)
-            group.config = dataclasses.replace(group.config, target_sparsity=measured)
-            if get_pattern(self.config.pattern).locked and group.config.name == (self.config.name or "default"):
-                self.config = dataclasses.replace(self.config, target_sparsity=measured)  # reports state it
-
-    def _check_recorded_sparsity(self, group: PruningGroup, measured: float) -> None:
-        """A lock over exactly the layers the model's config records must find the sparsity recorded there."""
-        section = read_pruning_section(self.model)
-        recorded = recorded_layers(self.model) if section is not None else None
-        if recorded is None or set(group.names) != set(recorded):
-            return
-        if abs(section["sparsity_pruned_layers"] - measured) > 0.005:
-            raise ValueError(f"pattern 'lock': the model's config records sparsity {section['sparsity_pruned_layers']:.4f} "
-                             f"on its {len(recorded)} pruned layers, but the loaded weights hold {measured:.4f} zeros "
-                             "there: these are not the weights the config describes (a dense base under a pruned "
-                             "model's config?); load the pruned weights")
 
     # ---- the training-loop API --------------------------------------------------------------------
     @property
@@ -339,59 +224,10 @@ class Pruner:
     @torch.no_grad()
     def _prune_group(self, group: PruningGroup, sparsity: float) -> None:
         block_scores = {name: self._block_scores(group, name) for name in group.names}
-        blocks = {block.name: block for block in group.blocks}
-        if group.pattern.structured:
-            costs, per_unit = self._structured_costs(group, block_scores)
-            max_units = {block.name: block.num_units - 1 for block in group.blocks}  # a layer keeps one unit
-            sizes = {block.name: sum(full_shape(self.modules[n].weight).numel() for n in block.members)
-                     for block in group.blocks}
-        else:
-            costs = {name: group.pattern.unit_costs(scores) for name, scores in block_scores.items()}
-            per_unit = group.pattern.elements_per_unit
-            max_units = {name: cost.numel() for name, cost in costs.items()}
-            sizes = {name: full_shape(self.modules[name].weight).numel() for name in group.names}
-        orders = {entry: torch.sort(cost, stable=True).indices for entry, cost in costs.items()}
-        if group.config.scope == "local":
-            counts = {entry: min(max_units[entry], round(sparsity * sizes[entry] / per_unit)) for entry in costs}
-        else:
-            counts = global_unit_counts(group.config, sparsity, costs, orders, sizes, per_unit, max_units)
-        if group.config.keep_multiple_of > 1:  # structured only (checked by the config)
-            counts = {entry: round_kept_units(blocks[entry].num_units, count, group.config.keep_multiple_of)
-                      for entry, count in counts.items()}
-        for entry, cost in costs.items():
-            pruned = torch.zeros(cost.numel(), dtype=torch.bool, device=cost.device)
-            pruned[orders[entry][: counts[entry]]] = True
-            if group.pattern.structured:
-                self._mask_block(group, blocks[entry], ~pruned)
-            else:
-                module = self.modules[entry]
-                shape = oriented_shape(module)
-                mask = group.pattern.build_mask(block_scores[entry], pruned, shape)
-                self.masks[entry] = self._local("masks", entry, oriented(module, mask).contiguous()).to(module.weight.device)
-
-    def _structured_costs(self, group: PruningGroup, unit_scores: Dict[str, torch.Tensor]):
-        """Cost of each unit of each block: its members' unit scores summed. Every unit of a group holds the
-        same number of weights (checked), so ``block_reduce`` (sum or mean) would not change the ranking."""
-        per_unit = {}
-        costs = {}
-        for block in group.blocks:
-            per_unit[block.name] = (sum(block.size_of(n) * self.modules[n].in_features for n in block.rows)
-                                    + sum(block.size_of(n) * self.modules[n].out_features for n in block.columns))
-            costs[block.name] = sum(unit_scores[m].to(unit_scores[block.rows[0]].device) for m in block.members)
-        if len(set(per_unit.values())) != 1:
-            raise ValueError(f"group {group.config.name!r}: units of different sizes {per_unit} cannot share a "
-                             "ranking; prune them in separate groups")
-        return costs, next(iter(per_unit.values()))
-
-    def _mask_block(self, group: PruningGroup, block: StructuredBlock, keep_units: torch.Tensor) -> None:
-        for role, members in (("rows", block.rows), ("columns", block.columns)):
-            for name in members:
-                weight = self.modules[name].weight
-                mask = group.pattern.unit_mask(keep_units, role, block.size_of(name), tuple(full_shape(weight)))
-                self.masks[name] = self._local("masks", name, mask).to(weight.device)
-                if name in self.bias_masks:
-                    bias_mask = keep_units.repeat_interleave(block.size_of(name))
-                    self.bias_masks[name] = self._local("bias_masks", name, bias_mask).to(weight.device)
+        masks, bias_masks = keep_masks(group, block_scores, self.modules, sparsity)
+        for key, new in (("masks", masks), ("bias_masks", bias_masks)):
+            for name, mask in new.items():
+                getattr(self, key)[name] = self._local(key, name, mask).to(self.modules[name].weight.device)
 
     # ---- reporting ----------------------------------------------------------------------------------
     def _pruned_and_total(self, names: List[str]) -> Tuple[int, int]:
