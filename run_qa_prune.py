@@ -41,7 +41,7 @@ from hf_prune import PruningConfig, PruningTrainerCallback, add_pruning_callback
 from hf_prune import hub_loading
 from hf_prune.config_io import load_yaml
 from hf_prune.distillation import DistillationConfig, saved_form
-from hf_prune.export import save_pruning_artifacts, write_model_card
+from hf_prune.export import save_pruning_artifacts, write_card_picture, write_model_card
 from hf_prune.recipe import load_recipe as check_recipe
 from hf_prune.run_outputs import (MarkCheckpoints, check_evaluation_output, check_output_location, prepare_output_dir,
                                   publish, save_metrics, staging_dir)
@@ -490,12 +490,14 @@ def main(argv: Optional[List[str]] = None,
     saves_model = training_args.do_train or prune_args.slim
 
     def card(folder: str) -> None:
+        picture = write_card_picture(folder) if any(os.path.isfile(os.path.join(folder, name)) for name in (
+            "model.safetensors", "model.safetensors.index.json")) else None
         write_model_card(folder, model_name=os.path.basename(training_args.output_dir.rstrip("/")),
                          base_model=model_args.model_name_or_path, report=report, config=pruning_config,
                          metrics=metrics, dataset=data_args.dataset_name or "squad",
                          dataset_name="SQuAD v2.0" if data_args.version_2_with_negative else "SQuAD v1.1",
                          teacher=distill_args.teacher_model_name_or_path,
-                         recipe=str(parsed.recipe_path) if parsed.recipe_path else None)
+                         recipe=str(parsed.recipe_path) if parsed.recipe_path else None, picture=picture)
 
     if staging is not None:  # every final file of this run, written together, then moved into place
         for split, values in results.items():

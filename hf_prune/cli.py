@@ -1,10 +1,17 @@
-"""The ``hf-prune`` command: ``hf-prune report MODEL`` tells what a model's weights really hold.
+"""The ``hf-prune`` command: ``hf-prune report MODEL`` tells what a model's weights really hold; ``hf-prune slim``
+and ``hf-prune export`` turn a trained folder into its deployable forms.
 
 The report reads the safetensors weights themselves (no model class is built, no code from the folder runs), so it
 works for any model, pruned by any tool: per 2-D weight its sparsity and the pattern it satisfies
 (:mod:`hf_prune.weight_patterns`), and the totals; with ``--json`` the same as JSON. ``MODEL`` is a local folder
 or a Hub id (downloaded with ``huggingface_hub``, safetensors files only). Bad input is one ``error:`` line and exit
-status 2.
+status 2. ``--png FILE`` also draws the per-layer picture (:mod:`hf_prune.sparsity_picture`).
+
+``hf-prune slim MODEL OUT`` removes the heads and FFN channels whose weights are zero (:func:`hf_prune.slim`) and
+saves the smaller model (a stock config when every layer keeps the same widths) with its tokenizer into ``OUT``;
+``hf-prune export MODEL OUT.gguf`` writes a Llama-family folder as a GGUF file for llama.cpp
+(:func:`hf_prune.gguf_export.save_gguf`). Both load with ``trust_remote_code=False`` and write only into a new or
+empty ``OUT``.
 """
 from __future__ import annotations
 
@@ -79,6 +86,69 @@ def format_table(rows: List[LayerPattern]) -> str:
     return "\n".join(lines)
 
 
+def _report(options: argparse.Namespace) -> None:
+    rows = report_rows(options.model)
+    if options.png:
+        from .sparsity_picture import write_sparsity_picture
+
+        write_sparsity_picture(rows, options.png, title=f"{options.model}: sparsity per weight")
+    if options.json:
+        print(json.dumps({**_totals(rows), "weights": [row.to_dict() for row in rows]}, indent=2))
+    else:
+        print(format_table(rows))
+
+
+def _new_output(path: str) -> None:
+    """``path`` may be a new folder or an empty one: the command never overwrites what it did not write."""
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise ValueError(f"{short(path)} already exists and is not an empty folder: give a new output folder")
+
+
+def _load(model: str):
+    """The model and tokenizer of a local folder or Hub id (the class it was saved as; no code from it runs)."""
+    from transformers import AutoTokenizer
+
+    from .slimming import from_pretrained
+
+    try:
+        loaded = from_pretrained(model)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{short(model)} could not be loaded as a model: {one_line(str(err))}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+    except (OSError, ValueError):
+        tokenizer = None
+    return loaded, tokenizer
+
+
+def _slim(options: argparse.Namespace) -> None:
+    """Remove the heads and FFN channels whose weights are zero and save the smaller model and its tokenizer."""
+    from .slimming import slim
+
+    _new_output(options.output)
+    model, tokenizer = _load(options.model)
+    summary = slim(model)
+    model.save_pretrained(options.output)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(options.output)
+    print(f"{options.model} -> {options.output}: {summary}")
+
+
+def _export(options: argparse.Namespace) -> None:
+    """Write a Llama-family model (Llama, Mistral) and its tokenizer as one GGUF file for llama.cpp."""
+    from .gguf_export import save_gguf
+
+    if os.path.exists(options.output):
+        raise ValueError(f"{short(options.output)} already exists: give a new file name")
+    if not options.output.endswith(".gguf"):
+        raise ValueError(f"the output file name must end with .gguf, got {short(options.output)}")
+    model, tokenizer = _load(options.model)
+    if tokenizer is None:
+        raise ValueError(f"{short(options.model)} holds no tokenizer: GGUF files carry the vocabulary")
+    save_gguf(model, tokenizer, options.output, dtype=options.dtype, pre_tokenizer=options.pre_tokenizer)
+    print(f"{options.model} -> {options.output} ({options.dtype})")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="hf-prune", description="hf_prune's command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,16 +156,27 @@ def main(argv: Optional[List[str]] = None) -> int:
                                  description=report_rows.__doc__)
     report.add_argument("model", help="a local model folder or a Hugging Face Hub id")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report.add_argument("--png", metavar="FILE", help="also draw the per-layer picture into this PNG file")
+    report.set_defaults(run=_report)
+    slim_command = commands.add_parser("slim", help="remove zero heads and FFN channels, save the smaller model",
+                                       description=_slim.__doc__)
+    slim_command.add_argument("model", help="a local model folder or a Hugging Face Hub id")
+    slim_command.add_argument("output", help="a new (or empty) folder for the slim model")
+    slim_command.set_defaults(run=_slim)
+    export = commands.add_parser("export", help="write a Llama-family model as a GGUF file for llama.cpp",
+                                 description=_export.__doc__)
+    export.add_argument("model", help="a local model folder or a Hugging Face Hub id")
+    export.add_argument("output", help="the new .gguf file")
+    export.add_argument("--dtype", choices=["f32", "f16"], default="f16", help="tensor type (default f16)")
+    export.add_argument("--pre-tokenizer", default=None,
+                        help="llama.cpp's pre-tokenizer name (tokenizer.ggml.pre, e.g. smollm, llama-bpe)")
+    export.set_defaults(run=_export)
     options = parser.parse_args(argv)
     try:
-        rows = report_rows(options.model)
+        options.run(options)
     except ValueError as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
-    if options.json:
-        print(json.dumps({**_totals(rows), "weights": [row.to_dict() for row in rows]}, indent=2))
-    else:
-        print(format_table(rows))
     return 0
 
 

@@ -1,7 +1,9 @@
 """What a pruned run leaves behind: pruning config, sparsity report, and a model card with Hub metadata."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 from typing import Dict, Optional
 
@@ -10,9 +12,26 @@ import yaml
 from .config import PruningConfig
 from .report import SparsityReport
 
-__all__ = ["save_pruning_artifacts", "write_model_card", "SPARSITY_REPORT_NAME"]
+__all__ = ["save_pruning_artifacts", "write_model_card", "write_card_picture", "SPARSITY_REPORT_NAME",
+           "SPARSITY_PICTURE_NAME"]
 
 SPARSITY_REPORT_NAME = "sparsity_report.json"
+SPARSITY_PICTURE_NAME = "sparsity.png"
+
+logger = logging.getLogger(__name__)
+
+
+def write_card_picture(output_dir: str) -> Optional[str]:
+    """Draw :data:`SPARSITY_PICTURE_NAME` from the weights saved in ``output_dir`` (what ``hf-prune report`` reads)
+    and return its name for the card; None, said in the log, when Pillow (the ``vision`` extra) is missing."""
+    if importlib.util.find_spec("PIL") is None:
+        logger.info("no sparsity picture in the model card: drawing it needs Pillow (pip install 'hf-prune[vision]')")
+        return None
+    from .cli import report_rows
+    from .sparsity_picture import write_sparsity_picture
+
+    write_sparsity_picture(report_rows(output_dir), os.path.join(output_dir, SPARSITY_PICTURE_NAME))
+    return SPARSITY_PICTURE_NAME
 
 
 def save_pruning_artifacts(output_dir: str, report: SparsityReport, config: Optional[PruningConfig]) -> None:
@@ -30,9 +49,10 @@ def save_pruning_artifacts(output_dir: str, report: SparsityReport, config: Opti
 def write_model_card(output_dir: str, *, model_name: str, base_model: str, report: SparsityReport,
                      config: Optional[PruningConfig], metrics: Dict[str, float], dataset: str = "squad",
                      dataset_name: str = "SQuAD v1.1", teacher: Optional[str] = None,
-                     recipe: Optional[str] = None) -> str:
+                     recipe: Optional[str] = None, picture: Optional[str] = None) -> str:
     """``README.md`` with Hub metadata (library, tags, dataset, base model, teacher, model-index with EM/F1)
-    and a table of pattern, sparsity and scores."""
+    and a table of pattern, sparsity and scores; ``picture``: the file name (inside ``output_dir``) of the
+    per-layer sparsity picture to show (:func:`write_sparsity_picture`)."""
     patterns = [] if config is None else config.pattern_names()
     pattern = "+".join(patterns) or "dense"
     if config is None:
@@ -77,6 +97,7 @@ def write_model_card(output_dir: str, *, model_name: str, base_model: str, repor
         lines += [f"Recipe: `{recipe}`.", ""]
     lines += ["The weights are stored dense (zeros included); `AutoModelForQuestionAnswering.from_pretrained` loads "
               "them as they are. `pruning_config.json` and `sparsity_report.json` describe the sparsity.", "",
+              *([f"![Sparsity of each weight, measured from the saved weights]({picture})", ""] if picture else []),
               "<details><summary>Per-layer sparsity</summary>", "", report.to_markdown(), "", "</details>", ""]
     path = os.path.join(output_dir, "README.md")
     with open(path, "w", encoding="utf-8") as handle:

@@ -39,7 +39,8 @@ RUN_FILES = MODEL_FILES + (
     "distillation_config.json", "sparsity_report.json", "sparsity_report.md", "train_results.json",
     "eval_results.json", "predict_results.json", "all_results.json", "eval_predictions.json",
     "eval_nbest_predictions.json", "eval_null_odds.json", "predict_predictions.json", "predict_nbest_predictions.json",
-    "predict_null_odds.json", "simkd_head.safetensors", "hidden_projections.safetensors")
+    "predict_null_odds.json", "simkd_head.safetensors", "hidden_projections.safetensors",
+    "sparsity.png")
 
 
 def check_output_location(output_dir: str, protected: Dict[str, Optional[str]]) -> None:

@@ -1,6 +1,7 @@
 """Model card and artifacts (hf_prune/export.py), written offline into a temporary folder."""
 import json
 
+import pytest
 import yaml
 
 from hf_prune import PruningConfig
@@ -38,3 +39,20 @@ def test_dense_card_and_artifacts(tmp_path):
     assert not (tmp_path / "pruning_config.json").exists()
     report = json.loads((tmp_path / "sparsity_report.json").read_text())
     assert report["sparsity_pruned_layers"] == 0.5 and len(report["layers"]) == 3
+
+
+def test_card_shows_the_picture_drawn_from_the_saved_weights(tmp_path):
+    pytest.importorskip("PIL", reason="the picture is drawn with Pillow (the vision extra)")
+    from hf_prune import Pruner
+    from hf_prune.export import write_card_picture
+    from tests.conftest import tiny_bert_qa
+
+    model = tiny_bert_qa(seed=1)
+    Pruner(model, PruningConfig(target_sparsity=0.5, pattern="2:4", criterion="magnitude", start_step=0,
+                                end_step=0)).step(0)
+    model.save_pretrained(tmp_path)
+    picture = write_card_picture(str(tmp_path))
+    assert (tmp_path / picture).read_bytes().startswith(b"\x89PNG")
+    path = write_model_card(str(tmp_path), model_name="student", base_model="base", report=REPORT,
+                            config=PruningConfig(target_sparsity=0.5, pattern="2:4"), metrics={}, picture=picture)
+    assert f"]({picture})" in open(path, encoding="utf-8").read()

@@ -1,4 +1,5 @@
 """run_qa_prune.py end to end on a tiny random-init BERT and SQuAD files written by the test."""
+import importlib.util
 import json
 import os
 
@@ -46,6 +47,8 @@ def test_prune_train_eval_save_reload(workspace):
     assert report["sparsity_pruned_layers"] == pytest.approx(0.5, abs=0.01)
     card = (output / "README.md").read_text()
     assert card.startswith("---\n") and "pruning" in card and "model-index" in card and "| 4x1 | 0.50 |" in card
+    if importlib.util.find_spec("PIL") is not None:  # the card shows the picture drawn from the saved weights
+        assert "](sparsity.png)" in card and (output / "sparsity.png").is_file()
 
     reloaded = AutoModelForQuestionAnswering.from_pretrained(str(output))
     zeros = sum(int((m.weight == 0).sum()) for n, m in reloaded.named_modules()
