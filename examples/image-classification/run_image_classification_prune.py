@@ -78,11 +78,13 @@ def main(argv=None) -> int:
                       compute_metrics=lambda p: {"accuracy": float((np.argmax(p.predictions, -1)
                                                                     == p.label_ids).mean())})
     if training_args.do_train:
-        trainer.train()
+        trainer.save_metrics("train", trainer.train().metrics)
         trainer.save_model()
         processor.save_pretrained(training_args.output_dir)
     if training_args.do_eval and "validation" in data:
-        trainer.log_metrics("eval", trainer.evaluate())
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
     return 0
 
 

@@ -85,10 +85,12 @@ def main(argv=None) -> int:
     else:
         trainer = Trainer(**kwargs)
     if training_args.do_train:
-        trainer.train()
+        trainer.save_metrics("train", trainer.train().metrics)
         trainer.save_model()
     if training_args.do_eval and "validation" in data:
-        trainer.log_metrics("eval", trainer.evaluate())
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
     return 0
 
 
