@@ -94,7 +94,7 @@ def main() -> None:
         out = os.path.join(WORK, name)
         command = [sys.executable, os.path.join(ROOT, "examples", "text-classification", "run_classification_prune.py"),
                    *COMMON, *RUNS[name], "--train_file", files["train"], "--validation_file", files["validation"],
-                   "--output_dir", out, "--overwrite_output_dir", "true"]
+                   "--output_dir", out]
         subprocess.run(command, check=True)
         with open(os.path.join(out, "all_results.json"), encoding="utf-8") as handle:
             results = json.load(handle)
