@@ -131,7 +131,8 @@ def _slim(options: argparse.Namespace) -> None:
     model.save_pretrained(options.output)
     if tokenizer is not None:
         tokenizer.save_pretrained(options.output)
-    print(f"{options.model} -> {options.output}: {summary}")
+    print(f"{options.model} -> {options.output}: {summary}"
+          + ("" if tokenizer is not None else f" (no tokenizer: {options.model} holds none, none saved)"))
 
 
 def _export(options: argparse.Namespace) -> None:
