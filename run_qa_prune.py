@@ -490,8 +490,7 @@ def main(argv: Optional[List[str]] = None,
     saves_model = training_args.do_train or prune_args.slim
 
     def card(folder: str) -> None:
-        picture = write_card_picture(folder) if any(os.path.isfile(os.path.join(folder, name)) for name in (
-            "model.safetensors", "model.safetensors.index.json")) else None
+        picture = write_card_picture(folder)
         write_model_card(folder, model_name=os.path.basename(training_args.output_dir.rstrip("/")),
                          base_model=model_args.model_name_or_path, report=report, config=pruning_config,
                          metrics=metrics, dataset=data_args.dataset_name or "squad",

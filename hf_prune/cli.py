@@ -24,7 +24,21 @@ from typing import List, Optional
 from .value_checks import one_line, short
 from .weight_patterns import LayerPattern, weight_pattern
 
-__all__ = ["main", "report_rows", "format_table"]
+__all__ = ["main", "report_rows", "format_table", "model_weight_files"]
+
+
+def model_weight_files(folder: str) -> List[str]:
+    """The safetensors files of the model saved in ``folder``: the shards its index names, or ``model.safetensors``;
+    only without either, every ``.safetensors`` file (an adapter folder). Files saved beside a model (a SimKD head,
+    hidden-state projections) are not the model's weights. Empty when the folder holds none."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as handle:
+            shards = sorted(set(json.load(handle).get("weight_map", {}).values()))
+        return [os.path.join(folder, name) for name in shards]
+    if os.path.isfile(os.path.join(folder, "model.safetensors")):
+        return [os.path.join(folder, "model.safetensors")]
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".safetensors"))
 
 
 def _safetensors_files(model: str) -> List[str]:
@@ -40,7 +54,7 @@ def _safetensors_files(model: str) -> List[str]:
         except Exception as err:  # noqa: BLE001 - offline, unknown repo, invalid id: one line for the user
             raise ValueError(f"{short(model)} is not a local folder, and the Hub could not provide it: "
                              f"{type(err).__name__}") from None
-    files = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".safetensors"))
+    files = model_weight_files(folder)
     if not files:
         raise ValueError(f"{short(model)} holds no .safetensors weights: not a model folder")
     return files

@@ -23,11 +23,15 @@ logger = logging.getLogger(__name__)
 
 def write_card_picture(output_dir: str) -> Optional[str]:
     """Draw :data:`SPARSITY_PICTURE_NAME` from the weights saved in ``output_dir`` (what ``hf-prune report`` reads)
-    and return its name for the card; None, said in the log, when Pillow (the ``vision`` extra) is missing."""
+    and return its name for the card; None when no model weights were saved there, or, said in the log, when
+    Pillow (the ``vision`` extra) is missing."""
+    from .cli import model_weight_files, report_rows
+
+    if not model_weight_files(output_dir):
+        return None
     if importlib.util.find_spec("PIL") is None:
         logger.info("no sparsity picture in the model card: drawing it needs Pillow (pip install 'hf-prune[vision]')")
         return None
-    from .cli import report_rows
     from .sparsity_picture import write_sparsity_picture
 
     write_sparsity_picture(report_rows(output_dir), os.path.join(output_dir, SPARSITY_PICTURE_NAME))

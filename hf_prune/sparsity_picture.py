@@ -12,20 +12,11 @@ from .weight_patterns import LayerPattern
 
 __all__ = ["write_sparsity_picture", "PATTERN_COLOURS"]
 
-#: bar colours by the family of pattern a weight satisfies; anything else (unstructured) is grey
+#: bar colours by the family of pattern a weight satisfies (:data:`hf_prune.weight_patterns.FAMILIES`; a dense
+#: weight has no bar)
 PATTERN_COLOURS: Dict[str, tuple] = {"N:M": (31, 119, 180), "blocks": (44, 160, 44), "removed": (214, 39, 40),
                                      "unstructured": (127, 127, 127)}
 _ROW, _LABEL, _BAR, _MARGIN = 14, 330, 360, 8
-
-
-def _colour(pattern: str) -> tuple:
-    if ":" in pattern:
-        return PATTERN_COLOURS["N:M"]
-    if pattern.endswith("blocks"):
-        return PATTERN_COLOURS["blocks"]
-    if pattern.endswith("removed"):
-        return PATTERN_COLOURS["removed"]
-    return PATTERN_COLOURS["unstructured"]
 
 
 def _label(name: str, width: int) -> str:
@@ -52,7 +43,7 @@ def write_sparsity_picture(rows: Sequence[LayerPattern], path: str, title: str =
         draw.text((_MARGIN, y), _label(row.name, _LABEL - 2 * _MARGIN), fill="black")
         draw.rectangle([_LABEL, y + 2, _LABEL + _BAR, y + _ROW - 3], outline=(220, 220, 220))
         if row.zeros:
-            draw.rectangle([_LABEL, y + 2, _LABEL + round(_BAR * row.sparsity), y + _ROW - 3], fill=_colour(row.pattern))
+            draw.rectangle([_LABEL, y + 2, _LABEL + round(_BAR * row.sparsity), y + _ROW - 3], fill=PATTERN_COLOURS[row.family])
         draw.text((_LABEL + _BAR + 6, y), f"{row.sparsity:.3f}", fill="black")
     x, y = _MARGIN, top + len(rows) * _ROW + _ROW // 2
     for family, colour in PATTERN_COLOURS.items():

@@ -8,12 +8,15 @@ or 8), or ``unstructured``. Several may hold at once; the first in this order is
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 import torch
 
-__all__ = ["LayerPattern", "weight_pattern", "BLOCK_SHAPES"]
+__all__ = ["LayerPattern", "weight_pattern", "BLOCK_SHAPES", "FAMILIES"]
+
+#: the kinds of pattern a weight can satisfy, in the order they are tried after "dense"
+FAMILIES = ("dense", "removed", "blocks", "N:M", "unstructured")
 
 #: block shapes tried, largest first (rows x columns, hf_prune's and INC's orientation)
 BLOCK_SHAPES = ((16, 1), (8, 1), (1, 8), (4, 4), (4, 1), (1, 4), (2, 2), (2, 1), (1, 2))
@@ -28,13 +31,17 @@ class LayerPattern:
     pattern: str
     zero_rows: int
     zero_columns: int
+    #: the kind of pattern, one of :data:`FAMILIES` (what the picture colours by); not part of the JSON report
+    family: str = field(default="dense", compare=False)
 
     @property
     def sparsity(self) -> float:
         return self.zeros / self.numel if self.numel else 0.0
 
     def to_dict(self) -> Dict[str, object]:
-        return dict(asdict(self), sparsity=round(self.sparsity, 6))
+        row = asdict(self)
+        del row["family"]
+        return dict(row, sparsity=round(self.sparsity, 6))
 
 
 @torch.no_grad()
@@ -49,8 +56,12 @@ def weight_pattern(name: str, weight: torch.Tensor) -> LayerPattern:
     if rows * weight.shape[1] + columns * weight.shape[0] - rows * columns == zeros:
         row.pattern = " + ".join(part for part, count in (("rows removed", rows), ("columns removed", columns))
                                  if count)
+        row.family = "removed"
         return row
-    row.pattern = _blocks(zero, zeros) or _semi_structured(zero) or "unstructured"
+    blocks = _blocks(zero, zeros)
+    semi_structured = None if blocks else _semi_structured(zero)
+    row.pattern = blocks or semi_structured or "unstructured"
+    row.family = "blocks" if blocks else "N:M" if semi_structured else "unstructured"
     return row
 
 

@@ -134,3 +134,12 @@ def test_export_command_writes_gguf_and_refuses_bad_output(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "new.gguf")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_report_reads_the_model_weights_not_the_files_saved_beside_them(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    _saved(tmp_path, "2:4")
+    save_file({"projection.weight": torch.zeros(8, 8)}, str(tmp_path / "hidden_projections.safetensors"))
+    data, rows = _report(tmp_path, capsys)
+    assert "projection.weight" not in rows and "bert.encoder.layer.0.attention.self.query.weight" in rows
