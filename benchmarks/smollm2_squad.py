@@ -37,6 +37,11 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
                      of train.json, 320 tokens at most, loss on every token), then the same 100 SFT steps with KD
   minitron-search-kd the shape search's winner (every candidate scored by the LM loss of 4 calibration batches
                      after one-shot compression), then token KD
+  dense-vocab        no training: ``dense`` with the training split's vocabulary (hf_prune.vocabulary: the tokens
+                     of every train.json prompt and answer, closed under the BPE merges that build them); what
+                     trimming alone costs on the held-out questions
+  minitron-vocab-depth-kd  ``dense`` and its teacher trimmed to that vocabulary first, then layers removed to
+                     <= 90M parameters (the embedding saved by trimming buys back layers), then token KD
   Each minitron run also reports perplexity on held-out Wikipedia paragraphs (contexts of validation.json), batch-1
   prefill/decode speed against the dense model (alternating), and whether a process without hf_prune loads the
   saved folder with AutoModelForCausalLM and generates the same greedy tokens.
@@ -90,7 +95,14 @@ RUNS = {
     "minitron-search-kd": "minitron-90m.yaml",
     "minitron-depth-kd-400": "minitron-90m.yaml",
     "minitron-depth-textkd": "minitron-90m.yaml",
+    "dense-vocab": "dense.yaml",
+    "minitron-vocab-depth-kd": "minitron-90m.yaml",
 }
+#: runs that train nothing (no teacher is loaded)
+NO_TRAINING = ("instruct", "slim-check", "dense-vocab")
+#: runs whose model (and teacher) get the training split's vocabulary first (hf_prune.vocabulary; named before
+#: they ran): every train.json prompt and answer tokenizes as before, validation.json stays held out
+VOCABULARY = ("dense-vocab", "minitron-vocab-depth-kd")
 #: compression of the minitron runs (hf_prune.compress), named before they ran
 TARGET_PARAMETERS = 90e6
 COMPRESSION = {
@@ -152,11 +164,14 @@ def fetch_base() -> str:
     return BASE
 
 
-def prompt_ids(tokenizer, context: str, question: str):
+def prompt_text(tokenizer, context: str, question: str) -> str:
     messages = [{"role": "user", "content": f"{context}\n\nQuestion: {question}\nAnswer with the exact words of the "
                                             "text, as briefly as possible."}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def prompt_ids(tokenizer, context: str, question: str):
+    return tokenizer(prompt_text(tokenizer, context, question), add_special_tokens=False)["input_ids"]
 
 
 def sft_dataset(tokenizer, examples: int, max_tokens: int):
@@ -186,6 +201,42 @@ def eval_questions(tokenizer, count: int, max_tokens: int):
         if len(chosen) == count:
             break
     return chosen
+
+
+def retokenized(questions, tokenizer):
+    """The same questions (chosen by the original tokenizer's prompt length) with ``tokenizer``'s prompt ids."""
+    return [(record, prompt_ids(tokenizer, record["context"], record["question"])) for record, _ in questions]
+
+
+# ---- vocabulary trimming (hf_prune.vocabulary) -----------------------------------------------------------------
+def vocabulary_texts(tokenizer) -> list:
+    """Every training question's prompt (chat template) and answer + end of turn, as the runs tokenize them: the
+    text whose vocabulary a trimmed run keeps. validation.json stays held out."""
+    texts = []
+    for record in load_squad_file(os.path.join(SQUAD, "train.json")):
+        texts += [prompt_text(tokenizer, record["context"], record["question"]),
+                  record["answers"]["text"][0] + tokenizer.eos_token]
+    return texts
+
+
+def trim_run_vocabulary(model, teacher, tokenizer, questions) -> tuple:
+    """``model`` and ``teacher`` (in place) and the tokenizer trimmed to the training split's vocabulary; returns
+    (trimmed tokenizer, the questions re-tokenized, row facts)."""
+    from hf_prune.vocabulary import trim_model_vocabulary, trim_vocabulary
+
+    started = time.time()
+    result = trim_vocabulary(model, tokenizer, vocabulary_texts(tokenizer))
+    if teacher is not None:
+        trim_model_vocabulary(teacher, result.kept_ids)
+    trimmed = retokenized(questions, result.tokenizer)
+    kept = set(result.kept_ids)
+    original_tokens = [token for _, ids in questions for token in ids]
+    return result.tokenizer, trimmed, {"vocabulary": {
+        "texts": "train.json: every prompt and answer", "before": result.vocab_size_before,
+        "after": result.vocab_size, "seconds": time.time() - started,
+        "validation_prompt_tokens_before": len(original_tokens),
+        "validation_prompt_tokens_after": sum(len(ids) for _, ids in trimmed),
+        "validation_prompt_tokens_not_kept": sum(token not in kept for token in original_tokens)}}
 
 
 @torch.no_grad()
@@ -330,27 +381,36 @@ def distil_on_text(model, teacher, tokenizer, recipe, steps: int) -> dict:
 
 
 @torch.no_grad()
-def wikipedia_perplexity(model, tokenizer, paragraphs: int = 64, max_tokens: int = 320) -> float:
-    """Perplexity on the first ``paragraphs`` distinct contexts of validation.json (held-out Wikipedia text)."""
+def wikipedia_perplexity(model, tokenizer, paragraphs: int = 64, max_tokens: int = 320, reference=None) -> float:
+    """Perplexity on the first ``paragraphs`` distinct contexts of validation.json (held-out Wikipedia text).
+    With a ``reference`` tokenizer (the original, for a model with a trimmed vocabulary), each paragraph is the text
+    of the reference's first ``max_tokens`` tokens, and the loss of ``tokenizer``'s tokens of that text is divided
+    by the reference's token count: the same text and the same denominator as the original model's perplexity."""
     contexts = list(dict.fromkeys(record["context"] for record in load_squad_file(os.path.join(SQUAD, "validation.json"))))
     model.eval()
     total, count = 0.0, 0
     for text in contexts[:paragraphs]:
-        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]])
+        original = (reference or tokenizer)(text, add_special_tokens=False)["input_ids"][:max_tokens]
+        if reference is not None:
+            text = reference.decode(original)
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"] if reference else original])
         logits = model(input_ids=ids).logits[0, :-1].float()
         total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
-        count += ids.shape[1] - 1
+        count += len(original) - 1
     return float(torch.exp(torch.tensor(total / count)))
 
 
 @torch.no_grad()
 def batch1_timings(models: dict, questions) -> dict:
     """Per model (name -> model, alternating prompt by prompt): batch-1 prefill seconds per prompt and decode
-    milliseconds per token (24 tokens forced)."""
+    milliseconds per token (24 tokens forced). ``questions``: one list for all, or name -> the model's own prompt
+    ids of the same questions (a trimmed vocabulary tokenizes them differently)."""
+    prompts = questions if isinstance(questions, dict) else {name: questions for name in models}
     totals = {name: [0.0, 0.0] for name in models}
-    for _, ids in questions:
-        inputs = torch.tensor([ids])
+    count = len(next(iter(prompts.values())))
+    for index in range(count):
         for name, model in models.items():
+            inputs = torch.tensor([prompts[name][index][1]])
             model.eval()
             started = time.perf_counter()
             model(inputs, logits_to_keep=1)
@@ -360,14 +420,15 @@ def batch1_timings(models: dict, questions) -> dict:
                            min_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=0)
             totals[name][0] += prefill
             totals[name][1] += time.perf_counter() - started - prefill
-    return {name: {"prefill_seconds": prefill / len(questions),
-                   "decode_ms_per_token": 1000 * decode / (len(questions) * MAX_NEW_TOKENS)}
+    return {name: {"prefill_seconds": prefill / count,
+                   "decode_ms_per_token": 1000 * decode / (count * MAX_NEW_TOKENS)}
             for name, (prefill, decode) in totals.items()}
 
 
-def speed_against(dense, small, questions) -> dict:
+def speed_against(dense, small, questions, small_questions=None) -> dict:
     """:func:`batch1_timings` of the dense and the small model, and the ratios dense / small."""
-    timing = batch1_timings({"dense": dense, "small": small}, questions)
+    timing = batch1_timings({"dense": dense, "small": small},
+                            {"dense": questions, "small": small_questions or questions})
     row = {f"{name}_{key}": value for name, values in timing.items() for key, value in values.items()}
     row["prefill_speedup"] = row["dense_prefill_seconds"] / row["small_prefill_seconds"]
     row["decode_speedup"] = row["dense_decode_ms_per_token"] / row["small_decode_ms_per_token"]
@@ -537,17 +598,24 @@ def main() -> None:
     questions = eval_questions(tokenizer, options.questions, max_tokens)
     untrained = name in ("instruct", "dense")  # start from the downloaded model; the others from the dense SFT one
     model = AutoModelForCausalLM.from_pretrained(base if untrained else dense_dir, dtype=torch.float32)
-    teacher = None if untrained or name == "slim-check" else AutoModelForCausalLM.from_pretrained(dense_dir,
-                                                                                                 dtype=torch.float32)
+    teacher = None if untrained or name in NO_TRAINING else AutoModelForCausalLM.from_pretrained(
+        dense_dir, dtype=torch.float32)
     row = {"run": name, "recipe": RUNS[name], "changed_arguments": RUN_ARGUMENTS.get(name),
-           "steps": 0 if name.endswith("oneshot") or name in ("instruct", "slim-check") else steps, "batch": batch}
+           "steps": 0 if name.endswith("oneshot") or name in NO_TRAINING else steps, "batch": batch}
     started = time.time()
+    original_tokenizer, original_questions = tokenizer, questions
+    if name in VOCABULARY:  # the student and its teacher get the training split's vocabulary before anything else
+        tokenizer, questions, facts = trim_run_vocabulary(model, teacher, tokenizer, questions)
+        train = sft_dataset(tokenizer, steps * batch, max_tokens)
+        row.update(facts)
     if name == "dense":
         trainer, metrics = sft(model, tokenizer, train, recipe)
         model.save_pretrained(dense_dir)
         tokenizer.save_pretrained(dense_dir)
-    elif name == "instruct":
+    elif name in ("instruct", "dense-vocab"):
         metrics = {}
+        if name == "dense-vocab":
+            row.update(wikipedia_perplexity=wikipedia_perplexity(model, tokenizer, reference=original_tokenizer))
     elif name == "slim-check":  # the slim path on the real model without training: a one-shot magnitude start
         metrics = {}
         Pruner(model, dataclasses.replace(recipe.pruning, criterion="magnitude", schedule="oneshot", start_step=0,
@@ -571,18 +639,20 @@ def main() -> None:
         row["merged_layers_exactly_2_4"] = sum(is_two_four(w) for w in layers.values())
         row["merged_layers"] = len(layers)
     elif name.startswith("minitron"):
-        dense = model
-        model, facts = compress_dense(dense, train, tokenizer, batch, name)
-        row.update(facts, oneshot_wikipedia_perplexity=wikipedia_perplexity(model, tokenizer))
+        trimmed = name in VOCABULARY
+        reference = original_tokenizer if trimmed else None
+        model, facts = compress_dense(model, train, tokenizer, batch, name)
+        dense = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32) if trimmed else teacher
+        row.update(facts, oneshot_wikipedia_perplexity=wikipedia_perplexity(model, tokenizer, reference=reference))
         if name in TEXT_DISTILLATION_STEPS:
             row.update(distil_on_text(model, teacher, tokenizer, recipe, TEXT_DISTILLATION_STEPS[name]),
                        text_distilled_wikipedia_perplexity=wikipedia_perplexity(model, tokenizer))
         trainer, metrics = sft(model, tokenizer, train, recipe, teacher)
         model.save_pretrained(os.path.join(out, "model"))
         tokenizer.save_pretrained(os.path.join(out, "model"))
-        row.update(wikipedia_perplexity=wikipedia_perplexity(model, tokenizer),
-                   dense_wikipedia_perplexity=wikipedia_perplexity(dense, tokenizer),
-                   speed_against_dense=speed_against(dense, model, questions[:20]),
+        row.update(wikipedia_perplexity=wikipedia_perplexity(model, tokenizer, reference=reference),
+                   dense_wikipedia_perplexity=wikipedia_perplexity(dense, original_tokenizer),
+                   speed_against_dense=speed_against(dense, model, original_questions[:20], questions[:20]),
                    **stock_load_check(model, os.path.join(out, "model"), questions[:5]),
                    **gguf_round_trip(model, tokenizer, os.path.join(out, "gguf"), questions[:5]))
         del dense
