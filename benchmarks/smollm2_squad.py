@@ -114,6 +114,9 @@ COMPRESSION = {
     "minitron-search-kd": dict(search=True),                     # every candidate scored, the lowest loss wins
     "minitron-depth-kd-400": dict(depth_only=True),              # the best 100-step setting at 4x the budget
     "minitron-depth-textkd": dict(depth_only=True),              # the same start, text distillation first
+    # the training split's vocabulary first (49,152 -> 25,042 tokens: 13.9M fewer embedding parameters), then layers
+    # only: 21 of 30 kept instead of 17 at the same <= 90M (layers by cosine, as before)
+    "minitron-vocab-depth-kd": dict(depth_only=True),
 }
 COMPRESSION_SETTINGS = dict(max_batches=16, score_batches=4, aggregation="l2", layer_method="cosine")
 #: runs that change the recipe's training arguments (named before they ran)

@@ -159,3 +159,23 @@ def test_what_cannot_be_trimmed_is_refused_by_name(tokenizer):
     with pytest.raises(ValueError, match=r"the tokenizer has \d+ tokens but the model's embedding only 300 rows"):
         trim_vocabulary(LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=16, intermediate_size=32,
                                                      num_hidden_layers=1, num_attention_heads=2)), tokenizer, TASK)
+
+
+def test_the_trimmed_model_and_tokenizer_round_trip_through_gguf(tmp_path, tokenizer):
+    pytest.importorskip("gguf", reason="gguf is an optional extra (pip install 'hf_prune[gguf]')")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_prune.gguf_export import save_gguf
+
+    model = _llama(tokenizer)
+    result = trim_vocabulary(model, tokenizer, TASK)
+    save_gguf(model, result.tokenizer, str(tmp_path / "model.gguf"))
+    back = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="model.gguf", dtype=torch.float32).eval()
+    back_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="model.gguf")
+    assert back.config.vocab_size == result.vocab_size
+    for text in TASK + OTHER:
+        assert back_tokenizer(text, add_special_tokens=False)["input_ids"] == \
+            result.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([result.tokenizer(TASK[0])["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
