@@ -19,6 +19,7 @@ work over ``head_dim`` and are copied unchanged.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from .value_checks import short
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["compress", "shrink_to_shape", "CompressionResult", "kept_units"]
+__all__ = ["compress", "shrink_to_shape", "remove_layers", "CompressionResult", "kept_units"]
 
 
 @dataclass
@@ -113,6 +114,23 @@ def shrink_to_shape(model: nn.Module, importance: UnitImportance, shape: ModelSh
         small.generation_config = model.generation_config
     small.train(model.training)
     return small
+
+
+def remove_layers(model: nn.Module, layers: Iterable[int]) -> nn.Module:
+    """A new model of ``model``'s class without the decoder layers ``layers`` (every width kept): exact for layers
+    that add nothing to the residual stream (zero ``o_proj`` and ``down_proj``, or faded out)."""
+    parts = decoder_parts(model)
+    original = ModelShape.of(model.config)
+    count = len(parts.layers)
+    removed = set(layers)
+    if not removed or not removed <= set(range(count)) or len(removed) >= count:
+        raise ValueError(f"layers={short(sorted(removed))}: give decoder layer indices in [0, {count}), fewer than all")
+    keep = torch.tensor([0.0 if index in removed else 1.0 for index in range(count)])
+    everything = UnitImportance(kv_groups=torch.ones(count, original.num_key_value_heads),
+                                ffn_channels=torch.ones(count, original.intermediate_size),
+                                hidden=torch.ones(original.hidden_size), layers=keep, tokens=0,
+                                layer_method="given", aggregation="none")
+    return shrink_to_shape(model, everything, dataclasses.replace(original, num_hidden_layers=count - len(removed)))
 
 
 def _query_heads(groups: torch.Tensor, group: int) -> torch.Tensor:

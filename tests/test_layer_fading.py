@@ -1,0 +1,81 @@
+"""Gradual depth pruning: the fade follows its schedule inside the Trainer, a faded layer is removed without
+changing the logits, and what would leave a layer contributing is refused."""
+import pytest
+import torch
+from torch.utils.data import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+from hf_prune.layer_fading import LayerFadeCallback, fade_scale
+from hf_prune.llm_compression import remove_layers
+
+IDS = torch.arange(24).view(2, 12) % 64
+
+
+def _llama(layers: int = 4) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=32))
+
+
+class _Tokens(Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        ids = (torch.arange(12) * (index + 1)) % 64
+        return {"input_ids": ids, "labels": ids}
+
+
+def test_the_scale_falls_linearly_from_start_to_end_step():
+    assert [fade_scale(step, 2, 6) for step in range(8)] == [1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+
+
+def test_layers_fade_inside_the_trainer_and_are_removed_without_changing_the_logits(tmp_path):
+    model = _llama()
+    fade = LayerFadeCallback(model, [1, 2], end_step=4)
+    seen = []
+    model.model.layers[1].register_forward_pre_hook(lambda module, args: seen.append(fade.scale))
+    trainer = Trainer(model=model, args=TrainingArguments(str(tmp_path), max_steps=6, per_device_train_batch_size=4,
+                                                          learning_rate=1e-3, report_to=[], use_cpu=True,
+                                                          save_strategy="no"),
+                      train_dataset=_Tokens(), callbacks=[fade])
+    trainer.train()
+    assert seen == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0] and fade.faded
+    model.eval()
+    with torch.no_grad():
+        faded_logits = model(IDS).logits
+        small = fade.remove_faded_layers().eval()
+        assert small.config.num_hidden_layers == 2 and len(small.model.layers) == 2
+        assert type(small) is LlamaForCausalLM
+        torch.testing.assert_close(small(IDS).logits, faded_logits, atol=1e-6, rtol=1e-6)
+        assert torch.equal(small.model.layers[1].mlp.down_proj.weight, model.model.layers[3].mlp.down_proj.weight)
+        generated = small.generate(IDS[:1], max_new_tokens=4, do_sample=False, pad_token_id=0)  # KV cache indices
+        assert generated.shape == (1, 16)
+
+
+def test_a_layer_with_zero_outputs_is_removed_exactly():
+    model = _llama().eval()
+    with torch.no_grad():
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+        torch.testing.assert_close(remove_layers(model, [2])(IDS).logits, model(IDS).logits, atol=1e-6, rtol=1e-6)
+
+
+def test_what_would_leave_a_layer_contributing_is_refused(tmp_path):
+    model = _llama()
+    with pytest.raises(ValueError, match=r"layers=\[0, 1, 2, 3\]: give distinct decoder layer indices in \[0, 4\)"):
+        LayerFadeCallback(model, [0, 1, 2, 3], end_step=4)
+    with pytest.raises(ValueError, match=r"layers=\[7\]"):
+        LayerFadeCallback(model, [7], end_step=4)
+    with pytest.raises(ValueError, match=r"end_step=2 must come after start_step=3"):
+        LayerFadeCallback(model, [1], start_step=3, end_step=2)
+    fade = LayerFadeCallback(model, [1], end_step=4)
+    with pytest.raises(ValueError, match=r"layers \[1\] still contribute \(scale 1.000\)"):
+        fade.remove_faded_layers()
+    late = LayerFadeCallback(_llama(), [1], end_step=9)
+    trainer = Trainer(model=late.model, args=TrainingArguments(str(tmp_path), max_steps=6, report_to=[],
+                                                               use_cpu=True, save_strategy="no"),
+                      train_dataset=_Tokens(), callbacks=[late])
+    with pytest.raises(ValueError, match=r"end_step=9 is after the last step \(6\)"):
+        trainer.train()
