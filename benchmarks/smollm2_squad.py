@@ -42,6 +42,8 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
                      trimming alone costs on the held-out questions
   minitron-vocab-depth-kd  ``dense`` and its teacher trimmed to that vocabulary first, then layers removed to
                      <= 90M parameters (the embedding saved by trimming buys back layers), then token KD
+  minitron-vocab-fade-kd  the same vocabulary and the same layers, but they fade out of the residual stream
+                     over steps 0-70 while the full-depth model trains with KD (hf_prune.layer_fading), then go
   Each minitron run also reports perplexity on held-out Wikipedia paragraphs (contexts of validation.json), batch-1
   prefill/decode speed against the dense model (alternating), and whether a process without hf_prune loads the
   saved folder with AutoModelForCausalLM and generates the same greedy tokens.
@@ -97,12 +99,16 @@ RUNS = {
     "minitron-depth-textkd": "minitron-90m.yaml",
     "dense-vocab": "dense.yaml",
     "minitron-vocab-depth-kd": "minitron-90m.yaml",
+    "minitron-vocab-fade-kd": "minitron-90m.yaml",
 }
 #: runs that train nothing (no teacher is loaded)
 NO_TRAINING = ("instruct", "slim-check", "dense-vocab")
 #: runs whose model (and teacher) get the training split's vocabulary first (hf_prune.vocabulary; named before
 #: they ran): every train.json prompt and answer tokenizes as before, validation.json stays held out
-VOCABULARY = ("dense-vocab", "minitron-vocab-depth-kd")
+VOCABULARY = ("dense-vocab", "minitron-vocab-depth-kd", "minitron-vocab-fade-kd")
+#: runs whose removed layers fade out during training instead of leaving at step 0 (hf_prune.layer_fading; named
+#: before they ran): the step at which they add nothing (then they are removed, exactly)
+FADE_END_STEP = {"minitron-vocab-fade-kd": 70}
 #: compression of the minitron runs (hf_prune.compress), named before they ran
 TARGET_PARAMETERS = 90e6
 COMPRESSION = {
@@ -117,6 +123,9 @@ COMPRESSION = {
     # the training split's vocabulary first (49,152 -> 25,042 tokens: 13.9M fewer embedding parameters), then layers
     # only: 21 of 30 kept instead of 17 at the same <= 90M (layers by cosine, as before)
     "minitron-vocab-depth-kd": dict(depth_only=True),
+    # the same vocabulary and the same 9 layers (chosen alike), faded out over steps 0-70 (FADE_END_STEP: gone when
+    # the recipe's rate starts its decay over the last 30 steps) instead of removed at step 0
+    "minitron-vocab-fade-kd": dict(depth_only=True),
 }
 COMPRESSION_SETTINGS = dict(max_batches=16, score_batches=4, aggregation="l2", layer_method="cosine")
 #: runs that change the recipe's training arguments (named before they ran)
@@ -334,7 +343,7 @@ def masked_batches(rows, tokenizer, batch_size: int, count: int):
 
 
 def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
-    """``model`` compressed to <= TARGET_PARAMETERS as the run asks; returns (compressed model, row facts)."""
+    """``model`` compressed to <= TARGET_PARAMETERS as the run asks; returns (CompressionResult, row facts)."""
     from hf_prune.llm_compression import compress
     from hf_prune.model_shape import candidate_shapes
 
@@ -357,7 +366,7 @@ def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
              "parameters_before": result.parameters_before, "compression_seconds": time.time() - started,
              "candidates": [{"shape": shape.describe(), "parameters": count, "calibration_loss": loss}
                             for shape, count, loss in result.candidates]}
-    return result.model, facts
+    return result, facts
 
 
 def text_dataset(tokenizer, examples: int, max_tokens: int):
@@ -644,13 +653,27 @@ def main() -> None:
     elif name.startswith("minitron"):
         trimmed = name in VOCABULARY
         reference = original_tokenizer if trimmed else None
-        model, facts = compress_dense(model, train, tokenizer, batch, name)
+        result, facts = compress_dense(model, train, tokenizer, batch, name)
         dense = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32) if trimmed else teacher
-        row.update(facts, oneshot_wikipedia_perplexity=wikipedia_perplexity(model, tokenizer, reference=reference))
+        row.update(facts, oneshot_wikipedia_perplexity=wikipedia_perplexity(result.model, tokenizer,
+                                                                            reference=reference))
+        fade = None
+        if name in FADE_END_STEP:  # the same layers leave gradually: the full-depth model trains while they fade
+            from hf_prune.layer_fading import LayerFadeCallback
+            from hf_prune.llm_compression import kept_units
+
+            kept = kept_units(result.importance, result.shape).layers
+            fade = LayerFadeCallback(model, [i for i in range(model.config.num_hidden_layers) if i not in kept],
+                                     end_step=min(FADE_END_STEP[name], steps))  # --smoke: a few steps
+            row.update(faded_layers=fade.layers, fade_end_step=fade.end_step)
+        else:
+            model = result.model
         if name in TEXT_DISTILLATION_STEPS:
             row.update(distil_on_text(model, teacher, tokenizer, recipe, TEXT_DISTILLATION_STEPS[name]),
                        text_distilled_wikipedia_perplexity=wikipedia_perplexity(model, tokenizer))
-        trainer, metrics = sft(model, tokenizer, train, recipe, teacher)
+        trainer, metrics = sft(model, tokenizer, train, recipe, teacher, [fade] if fade else [])
+        if fade is not None:
+            model = fade.remove_faded_layers()
         model.save_pretrained(os.path.join(out, "model"))
         tokenizer.save_pretrained(os.path.join(out, "model"))
         row.update(wikipedia_perplexity=wikipedia_perplexity(model, tokenizer, reference=reference),
