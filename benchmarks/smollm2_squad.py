@@ -120,8 +120,8 @@ COMPRESSION = {
     "minitron-search-kd": dict(search=True),                     # every candidate scored, the lowest loss wins
     "minitron-depth-kd-400": dict(depth_only=True),              # the best 100-step setting at 4x the budget
     "minitron-depth-textkd": dict(depth_only=True),              # the same start, text distillation first
-    # the training split's vocabulary first (49,152 -> 25,042 tokens: 13.9M fewer embedding parameters), then layers
-    # only: 21 of 30 kept instead of 17 at the same <= 90M (layers by cosine, as before)
+    # the training split's vocabulary first (49,152 -> 24,791 tokens as measured: 14.0M fewer embedding
+    # parameters), then layers only: 21 of 30 kept instead of 17 at the same <= 90M (layers by cosine, as before)
     "minitron-vocab-depth-kd": dict(depth_only=True),
     # the same vocabulary and the same 9 layers (chosen alike), faded out over steps 0-70 (FADE_END_STEP: gone when
     # the recipe's rate starts its decay over the last 30 steps) instead of removed at step 0
@@ -402,10 +402,12 @@ def wikipedia_perplexity(model, tokenizer, paragraphs: int = 64, max_tokens: int
     model.eval()
     total, count = 0.0, 0
     for text in contexts[:paragraphs]:
-        original = (reference or tokenizer)(text, add_special_tokens=False)["input_ids"][:max_tokens]
+        original = (reference if reference is not None else tokenizer)(text, add_special_tokens=False)["input_ids"]
+        original = original[:max_tokens]
         if reference is not None:
             text = reference.decode(original)
-        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"] if reference else original])
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"] if reference is not None
+                            else original])
         logits = model(input_ids=ids).logits[0, :-1].float()
         total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
         count += len(original) - 1
@@ -413,11 +415,10 @@ def wikipedia_perplexity(model, tokenizer, paragraphs: int = 64, max_tokens: int
 
 
 @torch.no_grad()
-def batch1_timings(models: dict, questions) -> dict:
+def batch1_timings(models: dict, prompts: dict) -> dict:
     """Per model (name -> model, alternating prompt by prompt): batch-1 prefill seconds per prompt and decode
-    milliseconds per token (24 tokens forced). ``questions``: one list for all, or name -> the model's own prompt
-    ids of the same questions (a trimmed vocabulary tokenizes them differently)."""
-    prompts = questions if isinstance(questions, dict) else {name: questions for name in models}
+    milliseconds per token (24 tokens forced). ``prompts``: name -> the model's own prompt ids of the same
+    questions (a trimmed vocabulary tokenizes them differently)."""
     totals = {name: [0.0, 0.0] for name in models}
     count = len(next(iter(prompts.values())))
     for index in range(count):

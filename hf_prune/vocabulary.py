@@ -89,15 +89,22 @@ def _merge_pairs(model: dict) -> List[tuple]:
     return [tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge) for merge in model["merges"]]
 
 
-def _config_special_ids(model: nn.Module) -> List[int]:
-    """The token ids the config and generation config name (bos, eos, pad, ...): always kept."""
-    ids = []
+def _special_id_fields(model: nn.Module) -> List[tuple]:
+    """(config, attribute, ids) for every token id the config and generation config name (bos, eos, pad, ...)."""
+    fields = []
     for config in (model.config, getattr(model, "generation_config", None)):
-        for attribute in SPECIAL_ID_ATTRIBUTES:
-            value = getattr(config, attribute, None) if config is not None else None
+        for attribute in SPECIAL_ID_ATTRIBUTES if config is not None else ():
+            value = getattr(config, attribute, None)
             values = value if isinstance(value, (list, tuple)) else [value]
-            ids += [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-    return ids
+            ids = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+            if ids:
+                fields.append((config, attribute, ids))
+    return fields
+
+
+def _config_special_ids(model: nn.Module) -> List[int]:
+    """The token ids the config and generation config name: always kept."""
+    return [token_id for _, _, ids in _special_id_fields(model) for token_id in ids]
 
 
 def choose_vocabulary(tokenizer, texts: Iterable[str], *, first_merges: int = 0,
@@ -224,21 +231,27 @@ def trim_model_vocabulary(model: nn.Module, kept_ids: Sequence[int]) -> nn.Modul
                          f"embedding's {size} rows: vocabulary trimming supports models whose config describes "
                          "their embedding (text-only causal LMs)")
     new_id = _check_kept(kept_ids, size, "the embedding's rows")
-    rows = torch.tensor(list(kept_ids), device=embedding.weight.device)
     output = model.get_output_embeddings()
+    if output is not None and not isinstance(output, nn.Linear):
+        raise ValueError(f"vocabulary trimming needs an nn.Linear lm_head, got {type(output).__name__}")
+    fields = _special_id_fields(model)
+    for config, attribute, ids in fields:  # every refusal before anything changes
+        lost = [token_id for token_id in ids if token_id not in new_id]
+        if lost:
+            raise ValueError(f"{type(config).__name__}.{attribute}={short(getattr(config, attribute))}: token "
+                             f"{lost[0]} is not among the kept ids (choose_vocabulary keeps the ids the config names)")
+    rows = torch.tensor(list(kept_ids), device=embedding.weight.device)
     tied = output is not None and output.weight is embedding.weight
-    padding = embedding.padding_idx
-    new_embedding = nn.Embedding(len(rows), embedding.embedding_dim, padding_idx=new_id.get(padding),
+    new_embedding = nn.Embedding(len(rows), embedding.embedding_dim, padding_idx=new_id.get(embedding.padding_idx),
                                  device=embedding.weight.device, dtype=embedding.weight.dtype)
     new_embedding.weight.copy_(embedding.weight[rows])
     new_embedding.weight.requires_grad_(embedding.weight.requires_grad)
-    for config in (model.config, getattr(model, "generation_config", None)):
-        if config is not None:
-            _renumber_config(config, new_id)
+    for config, attribute, ids in fields:
+        value = getattr(config, attribute)
+        renumbered = [new_id[token_id] for token_id in ids]
+        setattr(config, attribute, renumbered if isinstance(value, (list, tuple)) else renumbered[0])
     model.set_input_embeddings(new_embedding)
     if output is not None:
-        if not isinstance(output, nn.Linear):
-            raise ValueError(f"vocabulary trimming needs an nn.Linear lm_head, got {type(output).__name__}")
         head = nn.Linear(output.in_features, len(rows), bias=output.bias is not None,
                          device=output.weight.device, dtype=output.weight.dtype)
         if tied:
@@ -251,20 +264,6 @@ def trim_model_vocabulary(model: nn.Module, kept_ids: Sequence[int]) -> nn.Modul
         model.set_output_embeddings(head)
     model.config.vocab_size = len(rows)
     return model
-
-
-def _renumber_config(config, new_id: Dict[int, int]) -> None:
-    for attribute in SPECIAL_ID_ATTRIBUTES:
-        value = getattr(config, attribute, None)
-        if value is None:
-            continue
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        lost = [v for v in values if v not in new_id]
-        if lost:
-            raise ValueError(f"{type(config).__name__}.{attribute}={short(value)}: token {lost[0]} is not among "
-                             "the kept ids (choose_vocabulary keeps the ids the config names)")
-        renumbered = [new_id[v] for v in values]
-        setattr(config, attribute, renumbered if isinstance(value, (list, tuple)) else renumbered[0])
 
 
 def trim_vocabulary(model: nn.Module, tokenizer, texts: Iterable[str], *, first_merges: int = 0) -> VocabularyTrim:

@@ -156,6 +156,8 @@ def test_what_cannot_be_trimmed_is_refused_by_name(tokenizer):
     model = _llama(tokenizer)
     with pytest.raises(ValueError, match=r"LlamaConfig.bos_token_id=1: token 1 is not among the kept ids"):
         trim_model_vocabulary(model, [i for i in kept if i != tokenizer.bos_token_id])
+    assert model.config.vocab_size == model.get_input_embeddings().num_embeddings == len(tokenizer)  # untouched
+    assert model.config.eos_token_id == tokenizer.eos_token_id
     with pytest.raises(ValueError, match=r"the tokenizer has \d+ tokens but the model's embedding only 300 rows"):
         trim_vocabulary(LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=16, intermediate_size=32,
                                                      num_hidden_layers=1, num_attention_heads=2)), tokenizer, TASK)
