@@ -72,10 +72,14 @@ def kept_units(importance: UnitImportance, shape: ModelShape) -> KeptUnits:
 @torch.no_grad()
 def shrink_to_shape(model: nn.Module, importance: UnitImportance, shape: ModelShape) -> nn.Module:
     """A new model of ``model``'s class at ``shape`` holding its most important units (module docstring)."""
+    shape.check_within(ModelShape.of(model.config))
+    return _copy_units(model, kept_units(importance, shape), shape)
+
+
+def _copy_units(model: nn.Module, kept: KeptUnits, shape: ModelShape) -> nn.Module:
+    """A new model of ``model``'s class at ``shape`` holding the ``kept`` units."""
     parts = decoder_parts(model)
     original = ModelShape.of(model.config)
-    shape.check_within(original)
-    kept = kept_units(importance, shape)
     config = shape_config(model.config, shape)
     if isinstance(getattr(model.config, "layer_types", None), list):
         config.layer_types = [model.config.layer_types[i] for i in kept.layers]
@@ -125,12 +129,11 @@ def remove_layers(model: nn.Module, layers: Iterable[int]) -> nn.Module:
     removed = set(layers)
     if not removed or not removed <= set(range(count)) or len(removed) >= count:
         raise ValueError(f"layers={short(sorted(removed))}: give decoder layer indices in [0, {count}), fewer than all")
-    keep = torch.tensor([0.0 if index in removed else 1.0 for index in range(count)])
-    everything = UnitImportance(kv_groups=torch.ones(count, original.num_key_value_heads),
-                                ffn_channels=torch.ones(count, original.intermediate_size),
-                                hidden=torch.ones(original.hidden_size), layers=keep, tokens=0,
-                                layer_method="given", aggregation="none")
-    return shrink_to_shape(model, everything, dataclasses.replace(original, num_hidden_layers=count - len(removed)))
+    layers_kept = [index for index in range(count) if index not in removed]
+    every_unit = KeptUnits(layers_kept, torch.arange(original.hidden_size),
+                           [torch.arange(original.num_key_value_heads)] * len(layers_kept),
+                           [torch.arange(original.intermediate_size)] * len(layers_kept))
+    return _copy_units(model, every_unit, dataclasses.replace(original, num_hidden_layers=len(layers_kept)))
 
 
 def _query_heads(groups: torch.Tensor, group: int) -> torch.Tensor:
