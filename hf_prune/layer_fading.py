@@ -4,7 +4,8 @@ Removing a third of a small LLM's layers at once moves its perplexity by an orde
 -> 349 for 13 of 30 layers), and a short recovery rebuilds little of it. Fading lets the rest of the model adapt
 while the leaving layers' share shrinks: a fading layer returns ``input + s * (layer(input) - input)``, the scale
 ``s`` falling linearly from 1 before ``start_step`` to 0 at ``end_step`` (a pure function of the step, so a resumed
-run fades the same). From ``end_step`` on, a faded layer adds exactly nothing to the residual stream, so
+run fades the same). From ``end_step`` on, a faded layer adds exactly nothing to the residual stream: training
+skips its computation (in evaluation it still runs, so a generation cache keeps every layer's entry), and
 :meth:`LayerFadeCallback.remove_faded_layers` deletes it without changing the logits and returns a stock model
 (:func:`hf_prune.llm_compression.remove_layers`).
 """
@@ -55,9 +56,25 @@ class LayerFadeCallback(TrainerCallback):
         self.model, self.layers = model, sorted(chosen)
         self.start_step, self.end_step = start_step, end_step
         self.scale = 1.0
+        self._returns_tuple = False
         self._handles = [decoder[index].register_forward_hook(self._fade, with_kwargs=True) for index in self.layers]
+        for index in self.layers:
+            self._skip_in_training_once_faded(decoder[index])
+
+    def _skip_in_training_once_faded(self, layer: nn.Module) -> None:
+        """Give ``layer`` an instance ``forward`` that returns its input while training at scale 0 (what the fade
+        hook would return anyway) instead of computing an update that is multiplied by nothing."""
+        compute = layer.forward
+
+        def forward(hidden_states, *args, **kwargs):
+            if self.scale == 0.0 and layer.training:
+                return (hidden_states,) if self._returns_tuple else hidden_states
+            return compute(hidden_states, *args, **kwargs)
+
+        layer.forward = forward
 
     def _fade(self, module, args, kwargs, output):
+        self._returns_tuple = isinstance(output, tuple)
         if self.scale == 1.0:
             return None
         before = kwargs.get("hidden_states", args[0] if args else None)
@@ -96,4 +113,7 @@ class LayerFadeCallback(TrainerCallback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        decoder = decoder_parts(self.model).layers
+        for index in self.layers:
+            vars(decoder[index]).pop("forward", None)   # the class's forward again
         return remove_layers(self.model, self.layers)

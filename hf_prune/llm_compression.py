@@ -76,6 +76,7 @@ def shrink_to_shape(model: nn.Module, importance: UnitImportance, shape: ModelSh
     return _copy_units(model, kept_units(importance, shape), shape)
 
 
+@torch.no_grad()
 def _copy_units(model: nn.Module, kept: KeptUnits, shape: ModelShape) -> nn.Module:
     """A new model of ``model``'s class at ``shape`` holding the ``kept`` units."""
     parts = decoder_parts(model)
@@ -159,7 +160,8 @@ def compress(model: nn.Module, batches: Iterable[dict], *, target_params: Option
     """One-shot compression of ``model`` (unchanged) to a stock model of at most ``target_params`` parameters, or
     to ``shape``. Importance comes from the first ``max_batches`` of ``batches``; with ``search`` (and a target),
     every candidate shape (``shapes``, default :func:`candidate_shapes`) is built and scored by the language-model
-    loss on the next ``score_batches`` batches, and the lowest wins; without it, the first candidate whose widths
+    loss on the next ``score_batches`` batches (on their ``labels`` where they carry them, e.g. only a task's answer
+    tokens; else every non-padding token), and the lowest wins; without it, the first candidate whose widths
     are most even is taken. The result lists the shapes tried with their sizes and scores."""
     if (target_params is None) == (shape is None):
         raise ValueError("give exactly one of target_params (a parameter count, e.g. 90e6) and shape (a ModelShape)")

@@ -31,21 +31,28 @@ def test_the_scale_falls_linearly_from_start_to_end_step():
     assert [fade_scale(step, 2, 6) for step in range(8)] == [1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
 
 
-def test_layers_fade_inside_the_trainer_and_are_removed_without_changing_the_logits(tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_layers_fade_inside_the_trainer_and_are_removed_without_changing_the_logits(tmp_path, checkpointing):
     model = _llama()
     fade = LayerFadeCallback(model, [1, 2], end_step=4)
-    seen = []
+    seen, computed = [], []
     model.model.layers[1].register_forward_pre_hook(lambda module, args: seen.append(fade.scale))
+    model.model.layers[1].mlp.register_forward_pre_hook(lambda module, args: computed.append(fade.scale))
     trainer = Trainer(model=model, args=TrainingArguments(str(tmp_path), max_steps=6, per_device_train_batch_size=4,
                                                           learning_rate=1e-3, report_to=[], use_cpu=True,
-                                                          save_strategy="no"),
+                                                          save_strategy="no", gradient_checkpointing=checkpointing),
                       train_dataset=_Tokens(), callbacks=[fade])
     trainer.train()
     assert seen == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0] and fade.faded
+    # once faded, training no longer computes the layer (a checkpointed layer recomputes in backward)
+    assert [scale for scale in computed if scale != 0.0] == computed and len(computed) == (8 if checkpointing else 4)
     model.eval()
     with torch.no_grad():
         faded_logits = model(IDS).logits
-        small = fade.remove_faded_layers().eval()
+        assert computed[-1] == 0.0             # evaluation computes it (a generation cache needs every layer)
+        assert model.generate(IDS[:1], max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 15)
+    small = fade.remove_faded_layers().eval()  # as a script calls it after training: gradients enabled
+    with torch.no_grad():
         assert small.config.num_hidden_layers == 2 and len(small.model.layers) == 2
         assert type(small) is LlamaForCausalLM
         torch.testing.assert_close(small(IDS).logits, faded_logits, atol=1e-6, rtol=1e-6)
@@ -59,7 +66,9 @@ def test_a_layer_with_zero_outputs_is_removed_exactly():
     with torch.no_grad():
         model.model.layers[2].self_attn.o_proj.weight.zero_()
         model.model.layers[2].mlp.down_proj.weight.zero_()
-        torch.testing.assert_close(remove_layers(model, [2])(IDS).logits, model(IDS).logits, atol=1e-6, rtol=1e-6)
+    small = remove_layers(model, [2])           # gradients enabled, as a training script calls it
+    with torch.no_grad():
+        torch.testing.assert_close(small(IDS).logits, model(IDS).logits, atol=1e-6, rtol=1e-6)
 
 
 def test_what_would_leave_a_layer_contributing_is_refused(tmp_path):
