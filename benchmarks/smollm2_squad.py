@@ -128,6 +128,22 @@ COMPRESSION = {
     "minitron-vocab-fade-kd": dict(depth_only=True),
 }
 COMPRESSION_SETTINGS = dict(max_batches=16, score_batches=4, aggregation="l2", layer_method="cosine")
+#: shape-probe (no training; named before it ran): the one-shot starts it scores. The full-vocabulary ones are the
+#: measured runs' shapes (F1 after 100 steps: depth 17.68, width 13.67, search winner 11.51); the trimmed-vocabulary
+#: ones: layers only (minitron-vocab-depth-kd, F1 24.07), FFN channels only at full and lower depths, the balanced
+#: full-depth shapes candidate_shapes gives (hidden and FFN reduced alike)
+PROBE_SHAPES = {
+    "full": [("minitron-depth-kd", dict(num_hidden_layers=17)),
+             ("minitron-width-kd", dict(hidden_size=480, num_attention_heads=6, num_key_value_heads=2,
+                                        intermediate_size=1184)),
+             ("minitron-search-kd", dict(num_hidden_layers=24, hidden_size=528, num_attention_heads=6,
+                                         num_key_value_heads=2, intermediate_size=1312))],
+    "trimmed": [("minitron-vocab-depth-kd", dict(num_hidden_layers=21)),
+                *[(f"ffn-only {depth} layers", dict(ffn_only_depth=depth)) for depth in (30, 28, 26, 24, 22)],
+                ("balanced full depth, every head", dict(hidden_size=432, intermediate_size=1504)),
+                ("balanced full depth, 2 of 3 KV groups", dict(hidden_size=528, num_attention_heads=6,
+                                                               num_key_value_heads=2, intermediate_size=1248))],
+}
 #: runs that change the recipe's training arguments (named before they ran)
 #: the SFT rate and linear decay 2-4.yaml held before its seed repeat; the runs made with it name it, so they reproduce
 _SFT_RATE = dict(learning_rate=5e-5, lr_scheduler_type="linear", lr_scheduler_kwargs={})
@@ -560,6 +576,68 @@ def oneshot_losses(tokenizer, dense_dir: str, recipe, steps: int, batch: int, ma
     return row
 
 
+def answer_batches(examples, tokenizer, batch_size: int) -> list:
+    """Right-padded batches of SFT ``examples`` whose ``labels`` are the answer tokens only (the SFT loss's
+    positions): a one-shot start scored on what the task trains, not on the Wikipedia paragraph it reads."""
+    pad = torch.nn.utils.rnn.pad_sequence
+    batches = []
+    for start in range(0, len(examples), batch_size):
+        rows = examples[start:start + batch_size]
+        ids = [torch.tensor(row) for row in rows["input_ids"]]
+        labels = [torch.tensor([t if m else -100 for t, m in zip(row, mask)])
+                  for row, mask in zip(rows["input_ids"], rows["completion_mask"])]
+        batches.append({"input_ids": pad(ids, batch_first=True, padding_value=tokenizer.eos_token_id),
+                        "attention_mask": pad([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True),
+                        "labels": pad(labels, batch_first=True, padding_value=-100)})
+    return batches
+
+
+def shape_probe(tokenizer, dense_dir: str, steps: int, batch: int, max_tokens: int) -> dict:
+    """No training: one-shot starts scored two ways — the search's LM loss (every token of 4 calibration batches)
+    and the answer loss of 64 held-out training examples — for the shapes of PROBE_SHAPES. The full-vocabulary
+    shapes are those of runs already measured after 100 steps of KD, so the table shows which score ranks the
+    recovered F1; the trimmed-vocabulary shapes are the depth/FFN mixes at <= 90M."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_prune.activation_importance import language_model_loss, measure_importance
+    from hf_prune.llm_compression import shrink_to_shape
+    from hf_prune.model_shape import ModelShape, count_parameters, ffn_only_shape
+
+    rows = []
+    for vocabulary, shapes in PROBE_SHAPES.items():
+        model = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32)
+        probe_tokenizer = tokenizer
+        if vocabulary == "trimmed":
+            probe_tokenizer, _, _ = trim_run_vocabulary(model, None, tokenizer, [])
+        examples = sft_dataset(probe_tokenizer, steps * batch + 64, max_tokens)
+        train = examples.select(range(steps * batch))
+        held_out = answer_batches(examples.select(range(steps * batch, len(examples))), probe_tokenizer, batch)
+        batches = masked_batches(train, probe_tokenizer, batch, COMPRESSION_SETTINGS["max_batches"]
+                                 + COMPRESSION_SETTINGS["score_batches"])
+        calibration = batches[:COMPRESSION_SETTINGS["max_batches"]]
+        scoring = batches[COMPRESSION_SETTINGS["max_batches"]:]
+        importance = measure_importance(model, calibration, aggregation=COMPRESSION_SETTINGS["aggregation"],
+                                        layer_method=COMPRESSION_SETTINGS["layer_method"])
+        original = ModelShape.of(model.config)
+        rows.append({"vocabulary": vocabulary, "shape": "dense " + original.describe(),
+                     "parameters": count_parameters(model.config), "lm_loss": language_model_loss(model, scoring),
+                     "answer_loss": language_model_loss(model, held_out)})
+        for label, spec in shapes:
+            if "ffn_only_depth" in spec:
+                shape = ffn_only_shape(model.config, TARGET_PARAMETERS, depth=spec["ffn_only_depth"])
+            else:
+                shape = dataclasses.replace(original, **spec)
+            small = shrink_to_shape(model, importance, shape)
+            rows.append({"vocabulary": vocabulary, "label": label, "shape": shape.describe(),
+                         "parameters": sum(p.numel() for p in small.parameters()),
+                         "lm_loss": language_model_loss(small, scoring),
+                         "answer_loss": language_model_loss(small, held_out)})
+            print(json.dumps(rows[-1]), flush=True)
+            del small
+        del model
+    return {"probe": rows}
+
+
 def sft(model, tokenizer, train, recipe, teacher=None, callbacks=()):
     """TRL's SFTTrainer with the recipe's arguments; with a teacher, hf_prune's token KD added to its loss."""
     from trl import SFTTrainer
@@ -577,7 +655,7 @@ def sft(model, tokenizer, train, recipe, teacher=None, callbacks=()):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", choices=[*RUNS, "oneshot-loss"])
+    parser.add_argument("run", choices=[*RUNS, "oneshot-loss", "shape-probe"])
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's max_steps")
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--smoke", action="store_true", help="write under benchmarks/runs/smollm2/smoke")
@@ -600,8 +678,9 @@ def main() -> None:
                                 recipe.arguments.max_length)
     if name not in ("instruct", "dense") and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
         raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run 'dense' first")
-    if name == "oneshot-loss":
-        row = oneshot_losses(tokenizer, dense_dir, recipe, steps, batch, max_tokens)
+    if name in ("oneshot-loss", "shape-probe"):
+        row = (oneshot_losses(tokenizer, dense_dir, recipe, steps, batch, max_tokens) if name == "oneshot-loss"
+               else shape_probe(tokenizer, dense_dir, steps, batch, max_tokens))
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as handle:
             json.dump(row, handle, indent=2)

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from .value_checks import short
 
-__all__ = ["ModelShape", "shape_config", "count_parameters", "candidate_shapes", "is_valid_shape"]
+__all__ = ["ModelShape", "shape_config", "count_parameters", "candidate_shapes", "ffn_only_shape", "is_valid_shape"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,26 @@ def candidate_shapes(config, target_params: float, *, hidden_multiple: int = 16,
         raise ValueError(f"no shape of {type(config).__name__} reaches target_params {target:,} (the model has "
                          f"{full:,}); ask for more parameters")
     return shapes
+
+
+def ffn_only_shape(config, target_params: float, *, depth: Optional[int] = None,
+                   ffn_multiple: int = 32) -> Optional[ModelShape]:
+    """The shape that keeps the hidden size and every head and meets ``target_params`` by FFN channels alone (at
+    ``depth`` layers, default all): the widest FFN on a multiple of ``ffn_multiple`` that fits, or None when even
+    one multiple does not. Hidden channels are the most damaging unit to remove (every layer reads them) and heads
+    carry what a QA model copies from its context, so this is the width shape that touches the least."""
+    original = ModelShape.of(config)
+    depth = original.num_hidden_layers if depth is None else depth
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= original.num_hidden_layers:
+        raise ValueError(f"depth={short(depth)}: must be an integer in [1, {original.num_hidden_layers}]")
+    narrowest = dataclasses.replace(original, num_hidden_layers=depth, intermediate_size=ffn_multiple)
+    room = int(target_params) - count_parameters(config, narrowest)
+    if room < 0:
+        return None
+    per_block = count_parameters(config, dataclasses.replace(narrowest, intermediate_size=2 * ffn_multiple)) \
+        - count_parameters(config, narrowest)
+    ffn = min(original.intermediate_size, ffn_multiple + (room // per_block) * ffn_multiple)
+    return dataclasses.replace(narrowest, intermediate_size=ffn)
 
 
 def _depth_only(config, original: ModelShape, target: int) -> Optional[ModelShape]:

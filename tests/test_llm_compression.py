@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from hf_prune.activation_importance import measure_importance
 from hf_prune.llm_compression import compress, shrink_to_shape
-from hf_prune.model_shape import ModelShape, candidate_shapes, count_parameters
+from hf_prune.model_shape import ModelShape, candidate_shapes, count_parameters, ffn_only_shape
 
 SIZES = dict(vocab_size=96, hidden_size=48, intermediate_size=96, num_hidden_layers=4, num_attention_heads=6,
              num_key_value_heads=3, max_position_embeddings=64)   # head_dim 8, 2 query heads per KV group
@@ -124,6 +124,23 @@ def test_target_params_lands_within_one_percent_below(fraction):
     assert all(size <= target for size in sizes)
     assert max(sizes) >= 0.99 * target
     assert any(s.num_hidden_layers == 8 for s in shapes) and any(s.hidden_size == 256 for s in shapes)
+
+
+@pytest.mark.parametrize("depth", [None, 6])
+def test_ffn_only_shape_keeps_hidden_and_heads_and_takes_the_widest_ffn_that_fits(depth):
+    config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True, head_dim=32)
+    target = 0.7 * count_parameters(config)
+    shape = ffn_only_shape(config, target, depth=depth, ffn_multiple=32)
+    original = ModelShape.of(config)
+    assert (shape.num_hidden_layers, shape.hidden_size, shape.num_key_value_heads) == (
+        depth or 8, 256, original.num_key_value_heads)
+    assert shape.intermediate_size % 32 == 0 and count_parameters(config, shape) <= target
+    wider = ModelShape(**{**shape.__dict__, "intermediate_size": shape.intermediate_size + 32})
+    assert count_parameters(config, wider) > target
+    assert ffn_only_shape(config, 0.2 * count_parameters(config)) is None   # the embedding alone is more
+    with pytest.raises(ValueError, match=r"depth=9: must be an integer in \[1, 8\]"):
+        ffn_only_shape(config, target, depth=9)
 
 
 def test_the_search_reports_every_shape_tried_and_returns_the_best():
