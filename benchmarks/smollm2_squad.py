@@ -44,6 +44,10 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
                      <= 90M parameters (the embedding saved by trimming buys back layers), then token KD
   minitron-vocab-fade-kd  the same vocabulary and the same layers, but they fade out of the residual stream
                      over steps 0-70 while the full-depth model trains with KD (hf_prune.layer_fading), then go
+  minitron-vocab-ffn-kd  the same vocabulary, then FFN channels (and 2 layers) only: every head and the full hidden
+                     size kept (28 layers, FFN 1024: shape-probe's lowest one-shot answer loss), then token KD
+  shape-probe        no training: one-shot starts scored by the search's LM loss and by the answer loss of held-out
+                     examples (PROBE_SHAPES)
   Each minitron run also reports perplexity on held-out Wikipedia paragraphs (contexts of validation.json), batch-1
   prefill/decode speed against the dense model (alternating), and whether a process without hf_prune loads the
   saved folder with AutoModelForCausalLM and generates the same greedy tokens.
@@ -100,12 +104,13 @@ RUNS = {
     "dense-vocab": "dense.yaml",
     "minitron-vocab-depth-kd": "minitron-90m.yaml",
     "minitron-vocab-fade-kd": "minitron-90m.yaml",
+    "minitron-vocab-ffn-kd": "minitron-90m.yaml",
 }
 #: runs that train nothing (no teacher is loaded)
 NO_TRAINING = ("instruct", "slim-check", "dense-vocab")
 #: runs whose model (and teacher) get the training split's vocabulary first (hf_prune.vocabulary; named before
 #: they ran): every train.json prompt and answer tokenizes as before, validation.json stays held out
-VOCABULARY = ("dense-vocab", "minitron-vocab-depth-kd", "minitron-vocab-fade-kd")
+VOCABULARY = ("dense-vocab", "minitron-vocab-depth-kd", "minitron-vocab-fade-kd", "minitron-vocab-ffn-kd")
 #: runs whose removed layers fade out during training instead of leaving at step 0 (hf_prune.layer_fading; named
 #: before they ran): the step at which they add nothing (then they are removed, exactly)
 FADE_END_STEP = {"minitron-vocab-fade-kd": 70}
@@ -126,6 +131,11 @@ COMPRESSION = {
     # the same vocabulary and the same 9 layers (chosen alike), faded out over steps 0-70 (FADE_END_STEP: gone when
     # the recipe's rate starts its decay over the last 30 steps) instead of removed at step 0
     "minitron-vocab-fade-kd": dict(depth_only=True),
+    # shape-probe (2026-12-05, trimmed vocabulary, one-shot answer loss of 64 held-out examples; dense SFT model
+    # 0.88): 21 layers (minitron-vocab-depth-kd) 3.92; FFN only at 30/28/26/24/22 layers 1.76/1.74/2.44/3.53/3.73;
+    # the balanced full-depth shape (hidden 432) 5.90. Removing layers or hidden channels costs the task far more than
+    # FFN channels: keep every head and the hidden size, and take the FFN-only shape with the lowest answer loss
+    "minitron-vocab-ffn-kd": dict(ffn_only_depth=28),
 }
 COMPRESSION_SETTINGS = dict(max_batches=16, score_batches=4, aggregation="l2", layer_method="cosine")
 #: shape-probe (no training; named before it ran): the one-shot starts it scores. The full-vocabulary ones are the
@@ -366,6 +376,12 @@ def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
     settings = dict(COMPRESSION[name])
     batches = masked_batches(train, tokenizer, batch, COMPRESSION_SETTINGS["max_batches"]
                              + COMPRESSION_SETTINGS["score_batches"])
+    size = dict(target_params=TARGET_PARAMETERS)
+    ffn_only_depth = settings.pop("ffn_only_depth", None)
+    if ffn_only_depth is not None:   # a named shape: hidden size and heads kept, the widest FFN that fits
+        from hf_prune.model_shape import ffn_only_shape
+
+        size = dict(shape=ffn_only_shape(model.config, TARGET_PARAMETERS, depth=ffn_only_depth))
     depth_only = settings.pop("depth_only", False)
     if settings.pop("full_depth", False):
         settings["shapes"] = [shape for shape in candidate_shapes(model.config, TARGET_PARAMETERS)
@@ -376,7 +392,7 @@ def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
             shape.hidden_size, shape.intermediate_size, shape.num_key_value_heads) == widths]
         settings.update(search=True, shapes=shapes[:1])
     started = time.time()
-    result = compress(model, batches, target_params=TARGET_PARAMETERS, **settings, **COMPRESSION_SETTINGS)
+    result = compress(model, batches, **size, **settings, **COMPRESSION_SETTINGS)
     facts = {"compression": dict(COMPRESSION[name], **COMPRESSION_SETTINGS, target_params=TARGET_PARAMETERS),
              "shape": dataclasses.asdict(result.shape), "shape_described": result.shape.describe(),
              "parameters_before": result.parameters_before, "compression_seconds": time.time() - started,
