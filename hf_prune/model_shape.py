@@ -99,10 +99,11 @@ def count_parameters(config, shape: Optional[ModelShape] = None) -> int:
 def candidate_shapes(config, target_params: float, *, hidden_multiple: int = 16, ffn_multiple: int = 32,
                      depths: Optional[List[int]] = None) -> List[ModelShape]:
     """Uniform shapes of at most ``target_params`` parameters, each as close to it as the multiples allow: for every
-    depth (default: the full depth down to the depth-only solution, in steps of 2), every KV-group count from all to
-    all but one, the widths of hidden size and FFN shrunk as evenly as possible (the hidden size on multiples of
-    ``hidden_multiple``, the FFN solved on multiples of ``ffn_multiple``); plus the depth-only shape. Shapes the
-    config class refuses (:func:`is_valid_shape`) are skipped."""
+    depth (default: the full depth down to the depth-only solution, in steps of 2), the FFN-only shape
+    (:func:`ffn_only_shape`) and, for every KV-group count from all to all but one, the widths of hidden size and
+    FFN shrunk as evenly as possible (the hidden size on multiples of ``hidden_multiple``, the FFN solved on
+    multiples of ``ffn_multiple``); plus the depth-only shape. Shapes the config class refuses
+    (:func:`is_valid_shape`) are skipped."""
     original = ModelShape.of(config)
     full = count_parameters(config)
     if not isinstance(target_params, (int, float)) or isinstance(target_params, bool) or not math.isfinite(
@@ -117,6 +118,9 @@ def candidate_shapes(config, target_params: float, *, hidden_multiple: int = 16,
     group = original.num_attention_heads // original.num_key_value_heads
     shapes = [depth_only] if depth_only else []
     for depth in depths:
+        ffn_only = ffn_only_shape(config, target, depth=depth, ffn_multiple=ffn_multiple)
+        if ffn_only is not None and ffn_only not in shapes:
+            shapes.append(ffn_only)
         for kv in sorted({original.num_key_value_heads, max(1, original.num_key_value_heads - 1)}, reverse=True):
             shape = _balanced_width(config, original, target, depth, kv, kv * group, hidden_multiple, ffn_multiple)
             if shape is not None and shape not in shapes:

@@ -124,6 +124,7 @@ def test_target_params_lands_within_one_percent_below(fraction):
     assert all(size <= target for size in sizes)
     assert max(sizes) >= 0.99 * target
     assert any(s.num_hidden_layers == 8 for s in shapes) and any(s.hidden_size == 256 for s in shapes)
+    assert ffn_only_shape(config, target, ffn_multiple=8) in shapes     # every head and hidden channel kept
 
 
 @pytest.mark.parametrize("depth", [None, 6])
