@@ -12,7 +12,8 @@ skips its computation (in evaluation it still runs, so a generation cache keeps 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+import types
+from typing import Callable, List, Optional, Sequence
 
 from torch import nn
 from transformers import TrainerCallback
@@ -57,21 +58,26 @@ class LayerFadeCallback(TrainerCallback):
         self.start_step, self.end_step = start_step, end_step
         self.scale = 1.0
         self._returns_tuple = False
+        self._own_forwards: List[Optional[Callable]] = []
         self._handles = [decoder[index].register_forward_hook(self._fade, with_kwargs=True) for index in self.layers]
         for index in self.layers:
             self._skip_in_training_once_faded(decoder[index])
 
     def _skip_in_training_once_faded(self, layer: nn.Module) -> None:
         """Give ``layer`` an instance ``forward`` that returns its input while training at scale 0 (what the fade
-        hook would return anyway) instead of computing an update that is multiplied by nothing."""
-        compute = layer.forward
+        hook would return anyway) instead of computing an update that is multiplied by nothing. It is bound to the
+        layer (a deep copy, e.g. a teacher made from the model, computes with its own weights), and an instance
+        ``forward`` already there (accelerate's hooks) is still the one called."""
+        own = vars(layer).get("forward")
+        self._own_forwards.append(own)
 
-        def forward(hidden_states, *args, **kwargs):
-            if self.scale == 0.0 and layer.training:
+        def forward(module: nn.Module, hidden_states, *args, **kwargs):
+            if self.scale == 0.0 and module.training:
                 return (hidden_states,) if self._returns_tuple else hidden_states
+            compute = own if own is not None else type(module).forward.__get__(module)
             return compute(hidden_states, *args, **kwargs)
 
-        layer.forward = forward
+        layer.forward = types.MethodType(forward, layer)
 
     def _fade(self, module, args, kwargs, output):
         self._returns_tuple = isinstance(output, tuple)
@@ -114,6 +120,9 @@ class LayerFadeCallback(TrainerCallback):
             handle.remove()
         self._handles = []
         decoder = decoder_parts(self.model).layers
-        for index in self.layers:
-            vars(decoder[index]).pop("forward", None)   # the class's forward again
+        for index, own in zip(self.layers, self._own_forwards):   # the forward each layer had before
+            if own is None:
+                vars(decoder[index]).pop("forward", None)
+            else:
+                decoder[index].forward = own
         return remove_layers(self.model, self.layers)

@@ -1,5 +1,7 @@
 """Gradual depth pruning: the fade follows its schedule inside the Trainer, a faded layer is removed without
 changing the logits, and what would leave a layer contributing is refused."""
+import copy
+
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -59,6 +61,17 @@ def test_layers_fade_inside_the_trainer_and_are_removed_without_changing_the_log
         assert torch.equal(small.model.layers[1].mlp.down_proj.weight, model.model.layers[3].mlp.down_proj.weight)
         generated = small.generate(IDS[:1], max_new_tokens=4, do_sample=False, pad_token_id=0)  # KV cache indices
         assert generated.shape == (1, 16)
+
+
+def test_a_copy_of_a_fading_model_computes_with_its_own_weights():
+    model = _llama().eval()
+    LayerFadeCallback(model, [1], end_step=4)
+    twin = copy.deepcopy(model)                 # e.g. a teacher made from the student after the callback
+    with torch.no_grad():
+        twin.model.layers[1].mlp.down_proj.weight.zero_()
+        twin.model.layers[1].self_attn.o_proj.weight.zero_()
+        assert not torch.allclose(twin(IDS).logits, model(IDS).logits)
+        torch.testing.assert_close(twin(IDS).logits, remove_layers(twin, [1])(IDS).logits, atol=1e-6, rtol=1e-6)
 
 
 def test_a_layer_with_zero_outputs_is_removed_exactly():
