@@ -142,6 +142,8 @@ def test_ffn_only_shape_keeps_hidden_and_heads_and_takes_the_widest_ffn_that_fit
     assert ffn_only_shape(config, 0.2 * count_parameters(config)) is None   # the embedding alone is more
     with pytest.raises(ValueError, match=r"depth=9: must be an integer in \[1, 8\]"):
         ffn_only_shape(config, target, depth=9)
+    with pytest.raises(ValueError, match=r"target_params must be a positive number of parameters, got nan"):
+        ffn_only_shape(config, float("nan"))
 
 
 def test_the_search_reports_every_shape_tried_and_returns_the_best():
