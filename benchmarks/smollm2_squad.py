@@ -553,20 +553,27 @@ def one_shot(model, config: PruningConfig, batches) -> Pruner:
 
 
 @torch.no_grad()
-def answer_loss(model, tokenizer, examples, batch_size: int) -> float:
-    """Mean cross-entropy on the answer tokens (the SFT loss) of held-out training examples."""
-    model.eval()
-    losses = []
+def answer_batches(examples, tokenizer, batch_size: int) -> list:
+    """Right-padded batches of SFT ``examples`` whose ``labels`` are the answer tokens only (the SFT loss's
+    positions): a one-shot start scored on what the task trains, not on the Wikipedia paragraph it reads."""
+    pad = torch.nn.utils.rnn.pad_sequence
+    batches = []
     for start in range(0, len(examples), batch_size):
         rows = examples[start:start + batch_size]
         ids = [torch.tensor(row) for row in rows["input_ids"]]
         labels = [torch.tensor([t if m else -100 for t, m in zip(row, mask)])
                   for row, mask in zip(rows["input_ids"], rows["completion_mask"])]
-        pad = torch.nn.utils.rnn.pad_sequence
-        batch = pad(ids, batch_first=True, padding_value=tokenizer.eos_token_id)
-        attention = pad([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True)
-        losses.append(float(model(input_ids=batch, attention_mask=attention,
-                                  labels=pad(labels, batch_first=True, padding_value=-100)).loss))
+        batches.append({"input_ids": pad(ids, batch_first=True, padding_value=tokenizer.eos_token_id),
+                        "attention_mask": pad([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True),
+                        "labels": pad(labels, batch_first=True, padding_value=-100)})
+    return batches
+
+
+def answer_loss(model, tokenizer, examples, batch_size: int) -> float:
+    """Mean cross-entropy on the answer tokens (the SFT loss) of held-out training examples (the mean of the
+    batches' mean losses)."""
+    model.eval()
+    losses = [float(model(**batch).loss) for batch in answer_batches(examples, tokenizer, batch_size)]
     return sum(losses) / len(losses)
 
 
@@ -590,22 +597,6 @@ def oneshot_losses(tokenizer, dense_dir: str, recipe, steps: int, batch: int, ma
             row[f"{criterion or 'dense'}{'' if criterion is None else ' ' + pattern}"] = answer_loss(
                 model, tokenizer, held_out, batch)
     return row
-
-
-def answer_batches(examples, tokenizer, batch_size: int) -> list:
-    """Right-padded batches of SFT ``examples`` whose ``labels`` are the answer tokens only (the SFT loss's
-    positions): a one-shot start scored on what the task trains, not on the Wikipedia paragraph it reads."""
-    pad = torch.nn.utils.rnn.pad_sequence
-    batches = []
-    for start in range(0, len(examples), batch_size):
-        rows = examples[start:start + batch_size]
-        ids = [torch.tensor(row) for row in rows["input_ids"]]
-        labels = [torch.tensor([t if m else -100 for t, m in zip(row, mask)])
-                  for row, mask in zip(rows["input_ids"], rows["completion_mask"])]
-        batches.append({"input_ids": pad(ids, batch_first=True, padding_value=tokenizer.eos_token_id),
-                        "attention_mask": pad([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True),
-                        "labels": pad(labels, batch_first=True, padding_value=-100)})
-    return batches
 
 
 def shape_probe(tokenizer, dense_dir: str, steps: int, batch: int, max_tokens: int) -> dict:
