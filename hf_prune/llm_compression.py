@@ -69,7 +69,6 @@ def kept_units(importance: UnitImportance, shape: ModelShape) -> KeptUnits:
                      [top(importance.ffn_channels[i], shape.intermediate_size) for i in layers])
 
 
-@torch.no_grad()
 def shrink_to_shape(model: nn.Module, importance: UnitImportance, shape: ModelShape) -> nn.Module:
     """A new model of ``model``'s class at ``shape`` holding its most important units (module docstring)."""
     shape.check_within(ModelShape.of(model.config))
