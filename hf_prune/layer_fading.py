@@ -92,6 +92,10 @@ class LayerFadeCallback(TrainerCallback):
         self.scale = fade_scale(step, self.start_step, self.end_step)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if getattr(args, "load_best_model_at_end", False):
+            raise ValueError("load_best_model_at_end=True with layer fading: the best checkpoint can come from a step "
+                             f"before end_step={self.end_step}, when layers {self.layers} still contributed, so the "
+                             "model removed from it would not be the one its metrics describe; set it to False")
         if state.max_steps and self.end_step > state.max_steps:
             raise ValueError(f"end_step={self.end_step} is after the last step ({state.max_steps}): the layers "
                              f"{self.layers} would still contribute when training ends")

@@ -101,3 +101,12 @@ def test_what_would_leave_a_layer_contributing_is_refused(tmp_path):
                       train_dataset=_Tokens(), callbacks=[late])
     with pytest.raises(ValueError, match=r"end_step=9 is after the last step \(6\)"):
         trainer.train()
+    best = LayerFadeCallback(_llama(), [1], end_step=4)
+    trainer = Trainer(model=best.model, args=TrainingArguments(str(tmp_path), max_steps=6, report_to=[],
+                                                               use_cpu=True, eval_strategy="steps", eval_steps=2,
+                                                               save_strategy="steps", save_steps=2,
+                                                               load_best_model_at_end=True),
+                      train_dataset=_Tokens(), eval_dataset=_Tokens(), callbacks=[best])
+    with pytest.raises(ValueError, match=r"load_best_model_at_end=True with layer fading"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and not list(tmp_path.glob("checkpoint-*"))   # refused before step 1
