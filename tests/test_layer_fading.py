@@ -38,14 +38,17 @@ def test_layers_fade_inside_the_trainer_and_are_removed_without_changing_the_log
     model = _llama()
     fade = LayerFadeCallback(model, [1, 2], end_step=4)
     seen, computed = [], []
-    model.model.layers[1].register_forward_pre_hook(lambda module, args: seen.append(fade.scale))
+    # (step, scale) at each call: how often a checkpointed layer is called again in backward varies by version
+    model.model.layers[1].register_forward_pre_hook(
+        lambda module, args: seen.append((trainer.state.global_step, fade.scale)))
     model.model.layers[1].mlp.register_forward_pre_hook(lambda module, args: computed.append(fade.scale))
     trainer = Trainer(model=model, args=TrainingArguments(str(tmp_path), max_steps=6, per_device_train_batch_size=4,
                                                           learning_rate=1e-3, report_to=[], use_cpu=True,
                                                           save_strategy="no", gradient_checkpointing=checkpointing),
                       train_dataset=_Tokens(), callbacks=[fade])
     trainer.train()
-    assert seen == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0] and fade.faded
+    assert sorted(set(seen)) == [(0, 1.0), (1, 0.75), (2, 0.5), (3, 0.25), (4, 0.0), (5, 0.0)] and fade.faded
+    assert checkpointing or len(seen) == 6
     # once faded, training no longer computes the layer (a checkpointed layer recomputes in backward)
     assert [scale for scale in computed if scale != 0.0] == computed and len(computed) == (8 if checkpointing else 4)
     model.eval()
