@@ -45,7 +45,10 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
   minitron-vocab-fade-kd  the same vocabulary and the same layers, but they fade out of the residual stream
                      over steps 0-70 while the full-depth model trains with KD (hf_prune.layer_fading), then go
   minitron-vocab-ffn-kd  the same vocabulary, then FFN channels (and 2 layers) only: every head and the full hidden
-                     size kept (28 layers, FFN 1024: shape-probe's lowest one-shot answer loss), then token KD
+                     size kept (28 layers, FFN 1024: shape-probe's lowest one-shot answer loss), then token KD;
+                     minitron-vocab-ffn-kd-seed43: the same with training seed 43
+  minitron-vocab-ffn-hskd  the same start, token KD plus hidden-state KD (cosine, HIDDEN_STATE_KD): each kept layer
+                     follows the teacher layer it was copied from
   shape-probe        no training: one-shot starts scored by the search's LM loss and by the answer loss of held-out
                      examples (PROBE_SHAPES)
   Each minitron run also reports perplexity on held-out Wikipedia paragraphs (contexts of validation.json), batch-1
@@ -105,12 +108,15 @@ RUNS = {
     "minitron-vocab-depth-kd": "minitron-90m.yaml",
     "minitron-vocab-fade-kd": "minitron-90m.yaml",
     "minitron-vocab-ffn-kd": "minitron-90m.yaml",
+    "minitron-vocab-ffn-hskd": "minitron-90m.yaml",
+    "minitron-vocab-ffn-kd-seed43": "minitron-90m.yaml",
 }
 #: runs that train nothing (no teacher is loaded)
 NO_TRAINING = ("instruct", "slim-check", "dense-vocab")
 #: runs whose model (and teacher) get the training split's vocabulary first (hf_prune.vocabulary; named before
 #: they ran): every train.json prompt and answer tokenizes as before, validation.json stays held out
-VOCABULARY = ("dense-vocab", "minitron-vocab-depth-kd", "minitron-vocab-fade-kd", "minitron-vocab-ffn-kd")
+VOCABULARY = ("dense-vocab", "minitron-vocab-depth-kd", "minitron-vocab-fade-kd", "minitron-vocab-ffn-kd",
+              "minitron-vocab-ffn-hskd", "minitron-vocab-ffn-kd-seed43")
 #: runs whose removed layers fade out during training instead of leaving at step 0 (hf_prune.layer_fading; named
 #: before they ran): the step at which they add nothing (then they are removed, exactly)
 FADE_END_STEP = {"minitron-vocab-fade-kd": 70}
@@ -136,7 +142,16 @@ COMPRESSION = {
     # the balanced full-depth shape (hidden 432) 5.90. Removing layers or hidden channels costs the task far more than
     # FFN channels: keep every head and the hidden size, and take the FFN-only shape with the lowest answer loss
     "minitron-vocab-ffn-kd": dict(ffn_only_depth=28),
+    "minitron-vocab-ffn-hskd": dict(ffn_only_depth=28),          # the same start, hidden-state KD added
+    "minitron-vocab-ffn-kd-seed43": dict(ffn_only_depth=28),     # its seed repeat (training seed 43)
 }
+#: runs that add layer-wise KD to the recipe's token KD (named before they ran): each kept layer's output follows the
+#: output of the teacher layer it was copied from (CompressionResult.layer_map). Cosine, not MSE: on the one-shot
+#: 28-layer FFN shape of the base model (8 training batches, 2 measured) the per-token cosine distance of the pairs
+#: averages 0.07 (0.02 first layer, 0.14 last), while the per-element MSE jumps from 3 to 79 at layer 12 (a few
+#: massive-activation channels) and would be that channel's loss alone. Weight 10: about 0.7 at the start against a
+#: KD loss near 2, so the term steers without drowning the logit KD
+HIDDEN_STATE_KD = {"minitron-vocab-ffn-hskd": dict(hidden_state_weight=10.0, hidden_state_loss="cosine")}
 COMPRESSION_SETTINGS = dict(max_batches=16, score_batches=4, aggregation="l2", layer_method="cosine")
 #: shape-probe (no training; named before it ran): the one-shot starts it scores. The full-vocabulary ones are the
 #: measured runs' shapes (F1 after 100 steps: depth 17.68, width 13.67, search winner 11.51); the trimmed-vocabulary
@@ -170,6 +185,8 @@ RUN_ARGUMENTS = {
     # how F1 closes with budget: minitron-depth-kd (the best at 100 steps) at 4x the steps and training examples,
     # the recipe's schedule otherwise unchanged (rate held, linear decay over the last 30 steps)
     "minitron-depth-kd-400": dict(max_steps=400),
+    # minitron-vocab-ffn-kd's seed repeat, required before the FFN-only shape becomes a default anywhere
+    "minitron-vocab-ffn-kd-seed43": dict(seed=43),
 }
 #: runs with a text-distillation phase before the SFT (named before they ran): its steps (batch and rate as the SFT's)
 TEXT_DISTILLATION_STEPS = {"minitron-depth-textkd": 100}
@@ -755,6 +772,10 @@ def main() -> None:
             row.update(faded_layers=fade.layers, fade_end_step=fade.end_step)
         else:
             model = result.model
+        if name in HIDDEN_STATE_KD:
+            recipe = recipe._replace(distillation=dataclasses.replace(
+                recipe.distillation, layer_map=result.layer_map(), **HIDDEN_STATE_KD[name]))
+            row.update(hidden_state_kd=dict(HIDDEN_STATE_KD[name], layer_map=result.layer_map()))
         if name in TEXT_DISTILLATION_STEPS:
             row.update(distil_on_text(model, teacher, tokenizer, recipe, TEXT_DISTILLATION_STEPS[name]),
                        text_distilled_wikipedia_perplexity=wikipedia_perplexity(model, tokenizer))

@@ -49,6 +49,16 @@ class CompressionResult:
     candidates: List[Tuple[ModelShape, int, float]] = field(default_factory=list)
     importance: Optional[UnitImportance] = None
 
+    def layer_map(self) -> List[List[int]]:
+        """``[[student, teacher], ...]`` pairs of ``hidden_states`` indexes for layer-wise distillation from the
+        original model (``DistillationConfig.layer_map``): each kept layer's output with the output of the layer
+        it was copied from. The uniform default map of different depths would pair a layer after a removed one
+        with the wrong teacher layer."""
+        if self.importance is None:
+            raise ValueError("this result carries no importance: the kept layers are unknown")
+        kept = kept_units(self.importance, self.shape).layers
+        return [[student + 1, teacher + 1] for student, teacher in enumerate(kept)]
+
 
 @dataclass
 class KeptUnits:

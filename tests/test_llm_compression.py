@@ -56,6 +56,22 @@ def test_a_layer_whose_outputs_are_zero_is_removed_without_changing_the_logits(b
     torch.testing.assert_close(_logits(small, IDS), _logits(model, IDS), atol=1e-6, rtol=0)
 
 
+def test_the_layer_map_pairs_each_kept_layer_with_the_layer_it_came_from():
+    model = _llama()
+    with torch.no_grad():
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    shape = ModelShape.of(model.config)
+    result = compress(model, _batches(2), shape=ModelShape(3, *[getattr(shape, f) for f in (
+        "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "head_dim")]))
+    assert result.layer_map() == [[1, 1], [2, 2], [3, 4]]   # layer 2 removed: the uniform map pairs [2, 3]
+    with torch.no_grad():
+        student = result.model(input_ids=IDS, output_hidden_states=True).hidden_states
+        teacher = model(input_ids=IDS, output_hidden_states=True).hidden_states
+    for student_index, teacher_index in result.layer_map():
+        torch.testing.assert_close(student[student_index], teacher[teacher_index], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("build", [_llama, _qwen2])
 def test_zero_heads_channels_and_hidden_channels_are_removed_exactly_by_the_documented_rule(build):
     """KV group 1, FFN channels 0..31 and hidden channels 8..19 carry nothing: removing them, with every RMSNorm
