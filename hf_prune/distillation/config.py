@@ -23,7 +23,8 @@ class DistillationConfig(JsonConfigMixin):
     task loss (0 = KD replaces it, as in INC's QA example).
 
     Layer-wise terms, with any method: ``hidden_state_weight`` x the hidden-state loss (``hidden_state_loss``:
-    ``mse`` per element or ``cosine`` per token) over the ``layer_map`` pairs ``[[student, teacher], ...]`` of
+    ``mse`` per element, ``channel_mse`` per element with each channel divided by the teacher's mean square, or
+    ``cosine`` per token) over the ``layer_map`` pairs ``[[student, teacher], ...]`` of
     ``hidden_states`` indexes (0 = embeddings; unset: every student layer to the teacher layer at the same relative
     depth); ``attention_weight`` x the KL divergence of head-averaged attention maps over the same pairs (needs
     ``attn_implementation="eager"``: the fused kernels return no attention maps)."""

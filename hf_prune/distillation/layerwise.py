@@ -16,14 +16,15 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .losses import attention_kl, cosine_distance, feature_mse
+from .losses import attention_kl, channel_mse, cosine_distance, feature_mse
 
 __all__ = ["uniform_layer_map", "resolve_layer_map", "HiddenStateProjections", "install_projections",
            "detached_projections", "hidden_state_loss", "attention_loss", "PROJECTIONS_ATTRIBUTE", "HIDDEN_LOSSES"]
 
 #: The student's attribute holding the projections while it trains (outside ``base_model``: never pruned).
 PROJECTIONS_ATTRIBUTE = "hf_prune_hidden_projections"
-HIDDEN_LOSSES = ("mse", "cosine")
+#: the hidden-state losses by name (``DistillationConfig.hidden_state_loss``)
+HIDDEN_LOSSES = {"mse": feature_mse, "channel_mse": channel_mse, "cosine": cosine_distance}
 
 LayerMap = List[Tuple[int, int]]
 
@@ -97,7 +98,8 @@ def detached_projections(model: nn.Module) -> Iterator[Optional[HiddenStateProje
 def hidden_state_loss(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
                       layer_map: LayerMap, mask: Optional[torch.Tensor], kind: str = "mse",
                       projections: Optional[HiddenStateProjections] = None) -> torch.Tensor:
-    """Mean over the mapped pairs of MSE (per element) or cosine distance (per token), real tokens only."""
+    """Mean over the mapped pairs of ``kind`` (:data:`HIDDEN_LOSSES`: MSE per element, MSE per element with each
+    channel scaled by the teacher's, or cosine distance per token), real tokens only."""
     if kind not in HIDDEN_LOSSES:
         raise ValueError(f"unknown hidden-state loss {kind!r}; allowed: {', '.join(HIDDEN_LOSSES)}")
     losses = []
@@ -106,7 +108,7 @@ def hidden_state_loss(student_states: Sequence[torch.Tensor], teacher_states: Se
         if projections is not None:
             student = projections(student_layer, student)
         teacher = teacher_states[teacher_layer]
-        losses.append(feature_mse(student, teacher, mask) if kind == "mse" else cosine_distance(student, teacher, mask))
+        losses.append(HIDDEN_LOSSES[kind](student, teacher, mask))
     return torch.stack(losses).mean()
 
 

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForQuestionAnswering
 
 from hf_prune import Pruner, PruningConfig, PruningTrainerCallback, slim
-from hf_prune.distillation import (DistillationConfig, DistillationTrainer, attention_kl, cosine_distance,
-                                   uniform_layer_map)
+from hf_prune.distillation import (DistillationConfig, DistillationTrainer, attention_kl, channel_mse, cosine_distance,
+                                   feature_mse, uniform_layer_map)
 from hf_prune.distillation.layerwise import PROJECTIONS_ATTRIBUTE, hidden_state_loss, resolve_layer_map
 from hf_prune.distillation.trainer import PROJECTIONS_STATE_NAME
 from tests.conftest import QADataset, tiny_bert_qa
@@ -25,7 +25,7 @@ def test_uniform_layer_map_and_checks():
         resolve_layer_map([[3, 4]], 2, 4)
     with pytest.raises(ValueError, match="integer pairs"):
         DistillationConfig(hidden_state_weight=1.0, layer_map=[[1, 2, 3]])
-    with pytest.raises(ValueError, match="unknown hidden_state_loss 'l1'; allowed: mse, cosine"):
+    with pytest.raises(ValueError, match="unknown hidden_state_loss 'l1'; allowed: mse, channel_mse, cosine"):
         DistillationConfig(hidden_state_loss="l1")
     with pytest.raises(ValueError, match="hidden_state_weight must be >= 0"):
         DistillationConfig(hidden_state_weight=-1)
@@ -41,6 +41,13 @@ def test_losses_against_hand_computation():
     cosine = sum(1 - torch.dot(student[b, t], teacher[b, t]) / (student[b, t].norm() * teacher[b, t].norm())
                  for b, t in real) / len(real)
     assert cosine_distance(student, teacher, mask).item() == pytest.approx(cosine.item(), rel=1e-5)
+    scale = sum(teacher[b, t] ** 2 for b, t in real) / len(real)        # the teacher's per-channel mean square
+    channel = sum(((student[b, t] - teacher[b, t]) ** 2 / scale).sum() for b, t in real) / (len(real) * 4)
+    assert hidden_state_loss([student], [teacher], [(0, 0)], mask, "channel_mse").item() == pytest.approx(
+        channel.item(), rel=1e-5)
+    loud = torch.tensor([1000.0, 1.0, 1.0, 1.0])                           # one massive channel in both
+    assert channel_mse(student * loud, teacher * loud, mask).item() == pytest.approx(channel.item(), rel=1e-5)
+    assert feature_mse(student * loud, teacher * loud, mask).item() > 1000 * mse.item()
     # attention: [batch, heads, queries, keys]; heads averaged first, then KL per real query
     s_att = torch.softmax(torch.randn(2, 2, 3, 3, generator=generator), -1)
     t_att = torch.softmax(torch.randn(2, 4, 3, 3, generator=generator), -1)   # the teacher has more heads
