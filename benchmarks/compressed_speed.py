@@ -22,7 +22,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import smollm2_squad as benchmark  # noqa: E402
+import smollm2_checks as checks  # noqa: E402
+import smollm2_data as data  # noqa: E402
 
 
 def main() -> None:
@@ -33,29 +34,29 @@ def main() -> None:
     options = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folders = {"dense": os.path.join(benchmark.WORK, "dense", "model"),
-               **{run: os.path.join(benchmark.WORK, run, "model") for run in options.runs}}
+    folders = {"dense": os.path.join(data.WORK, "dense", "model"),
+               **{run: os.path.join(data.WORK, run, "model") for run in options.runs}}
     tokenizers = {name: AutoTokenizer.from_pretrained(folder) for name, folder in folders.items()}
     models = {name: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
               for name, folder in folders.items()}
     # the same questions for every model (chosen by the dense tokenizer), each prompted with its own tokenizer (a
     # trimmed vocabulary tokenizes them differently)
-    chosen = benchmark.eval_questions(tokenizers["dense"], max(options.questions, options.f1_questions), 320)
-    prompts = {name: benchmark.retokenized(chosen, tokenizer) for name, tokenizer in tokenizers.items()}
+    chosen = data.eval_questions(tokenizers["dense"], max(options.questions, options.f1_questions), 320)
+    prompts = {name: data.retokenized(chosen, tokenizer) for name, tokenizer in tokenizers.items()}
     result = {"threads": torch.get_num_threads(), "questions": options.questions,
               "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()},
               "vocabulary": {name: len(tokenizer) for name, tokenizer in tokenizers.items()},
-              "timing": benchmark.batch1_timings(models, {name: rows[:options.questions]
+              "timing": checks.batch1_timings(models, {name: rows[:options.questions]
                                                           for name, rows in prompts.items()})}
     dense = result["timing"]["dense"]
     result["speedup"] = {name: {"prefill": dense["prefill_seconds"] / row["prefill_seconds"],
                                 "decode": dense["decode_ms_per_token"] / row["decode_ms_per_token"]}
                          for name, row in result["timing"].items() if name != "dense"}
     if options.f1_questions:
-        result["saved_folder_scores"] = {name: {key: value for key, value in benchmark.evaluate(
+        result["saved_folder_scores"] = {name: {key: value for key, value in checks.evaluate(
             model, tokenizers[name], prompts[name][:options.f1_questions]).items() if key in ("exact_match", "f1")}
             for name, model in models.items()}
-    path = os.path.join(benchmark.WORK, "compressed_speed.json")
+    path = os.path.join(data.WORK, "compressed_speed.json")
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)
     print(json.dumps(result, indent=2))

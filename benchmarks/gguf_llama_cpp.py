@@ -31,7 +31,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import smollm2_squad as benchmark  # noqa: E402
+import smollm2_data as data  # noqa: E402
 from llama_cpp_api import LlamaCpp  # noqa: E402
 
 
@@ -41,9 +41,9 @@ def dense_gguf(tokenizer) -> str:
 
     from hf_prune.gguf_export import save_gguf
 
-    path = os.path.join(benchmark.WORK, "dense", "gguf", "model.gguf")
+    path = os.path.join(data.WORK, "dense", "gguf", "model.gguf")
     if not os.path.exists(path):
-        model = AutoModelForCausalLM.from_pretrained(os.path.join(benchmark.WORK, "dense", "model"),
+        model = AutoModelForCausalLM.from_pretrained(os.path.join(data.WORK, "dense", "model"),
                                                      dtype=torch.float32)
         save_gguf(model, tokenizer, path, pre_tokenizer="smollm")
     return path
@@ -53,16 +53,16 @@ def agreement(model, tokenizer, llama: LlamaCpp, questions) -> dict:
     """Tokens, logits and greedy answers of transformers and llama.cpp on the same prompts."""
     rows = []
     for record, ids in questions:
-        text = benchmark.prompt_text(tokenizer, record["context"], record["question"])
+        text = data.prompt_text(tokenizer, record["context"], record["question"])
         inputs = torch.tensor([ids])
         with torch.no_grad():
             expected_logits = model(inputs, logits_to_keep=1).logits[0, -1].numpy()
             expected = model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
-                                      max_new_tokens=benchmark.MAX_NEW_TOKENS,
+                                      max_new_tokens=data.MAX_NEW_TOKENS,
                                       pad_token_id=tokenizer.eos_token_id)[0, len(ids):].tolist()
         eos = tokenizer.eos_token_id
         expected = expected[:expected.index(eos)] if eos in expected else expected
-        produced, _, _ = llama.greedy(ids, benchmark.MAX_NEW_TOKENS, stop=eos)
+        produced, _, _ = llama.greedy(ids, data.MAX_NEW_TOKENS, stop=eos)
         rows.append({"same_prompt_tokens": llama.tokenize(text) == list(ids),
                      "max_abs_logit_difference": float(np.abs(llama.logits(ids) - expected_logits).max()),
                      "identical_greedy": produced == expected,
@@ -78,7 +78,7 @@ def llama_cpp_speed(models: dict, prompts: dict) -> dict:
     totals = {name: ([], []) for name in models}
     for index in range(len(next(iter(prompts.values())))):
         for name, llama in models.items():
-            _, prefill, token_seconds = llama.greedy(prompts[name][index][1], benchmark.MAX_NEW_TOKENS)
+            _, prefill, token_seconds = llama.greedy(prompts[name][index][1], data.MAX_NEW_TOKENS)
             totals[name][0].append(prefill)
             totals[name][1].extend(token_seconds)
     return {name: {"prefill_seconds": statistics.mean(prefill), "decode_ms_per_token": 1000 * statistics.mean(decode)}
@@ -94,11 +94,11 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(2)
-    folder = os.path.join(benchmark.WORK, options.run)
+    folder = os.path.join(data.WORK, options.run)
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(folder, "model"))
-    dense_tokenizer = AutoTokenizer.from_pretrained(os.path.join(benchmark.WORK, "dense", "model"))
-    chosen = benchmark.eval_questions(dense_tokenizer, options.questions, 320)
-    prompts = {"dense": benchmark.retokenized(chosen, dense_tokenizer), "small": benchmark.retokenized(chosen, tokenizer)}
+    dense_tokenizer = AutoTokenizer.from_pretrained(os.path.join(data.WORK, "dense", "model"))
+    chosen = data.eval_questions(dense_tokenizer, options.questions, 320)
+    prompts = {"dense": data.retokenized(chosen, dense_tokenizer), "small": data.retokenized(chosen, tokenizer)}
     model = AutoModelForCausalLM.from_pretrained(os.path.join(folder, "model"), dtype=torch.float32).eval()
     llamas = {"dense": LlamaCpp(options.module, dense_gguf(dense_tokenizer)),
               "small": LlamaCpp(options.module, os.path.join(folder, "gguf", "model.gguf"))}

