@@ -1,7 +1,7 @@
 import pytest
 import torch
 from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
-                          BertForSequenceClassification, Trainer, TrainingArguments)
+                          BertForSequenceClassification, TrainingArguments)
 
 from hf_prune import PruningConfig, PruningTrainerCallback
 from hf_prune.distillation import DistillationConfig, DistillationTrainer, SimKDHead
