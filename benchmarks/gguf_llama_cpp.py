@@ -98,7 +98,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(folder, "model"))
     dense_tokenizer = AutoTokenizer.from_pretrained(os.path.join(data.WORK, "dense", "model"))
     chosen = data.eval_questions(dense_tokenizer, options.questions, 320)
-    prompts = {"dense": data.retokenized(chosen, dense_tokenizer), "small": data.retokenized(chosen, tokenizer)}
+    prompts = {"dense": data.retokenized(chosen, dense_tokenizer),
+               "small": data.retokenized(chosen, tokenizer)}
     model = AutoModelForCausalLM.from_pretrained(os.path.join(folder, "model"), dtype=torch.float32).eval()
     llamas = {"dense": LlamaCpp(options.module, dense_gguf(dense_tokenizer)),
               "small": LlamaCpp(options.module, os.path.join(folder, "gguf", "model.gguf"))}
@@ -106,7 +107,8 @@ def main() -> None:
               **agreement(model, tokenizer, llamas["small"], prompts["small"])}
     timing = llama_cpp_speed(llamas, prompts)
     result["llama_cpp_speed"] = {**timing, "threads": 2,
-                                 "prefill_speedup": timing["dense"]["prefill_seconds"] / timing["small"]["prefill_seconds"],
+                                 "prefill_speedup": timing["dense"]["prefill_seconds"]
+                                 / timing["small"]["prefill_seconds"],
                                  "decode_speedup": timing["dense"]["decode_ms_per_token"]
                                  / timing["small"]["decode_ms_per_token"]}
     for llama in llamas.values():

@@ -118,7 +118,8 @@ def wikipedia_perplexity(model, tokenizer, paragraphs: int = 64, max_tokens: int
     With a ``reference`` tokenizer (the original, for a model with a trimmed vocabulary), each paragraph is the text
     of the reference's first ``max_tokens`` tokens, and the loss of ``tokenizer``'s tokens of that text is divided
     by the reference's token count: the same text and the same denominator as the original model's perplexity."""
-    contexts = list(dict.fromkeys(record["context"] for record in load_squad_file(os.path.join(SQUAD, "validation.json"))))
+    records = load_squad_file(os.path.join(SQUAD, "validation.json"))
+    contexts = list(dict.fromkeys(record["context"] for record in records))
     model.eval()
     total, count = 0.0, 0
     for text in contexts[:paragraphs]:
