@@ -42,13 +42,12 @@ def channel_mse(student_features: torch.Tensor, teacher_features: torch.Tensor,
     real positions (``mask``: [batch, tokens]): every channel counts alike. In LLM residual streams a few channels
     hold nearly all of the norm (SmolLM2-135M: 3 of 576 hold 99 % from layer 12 on), so a plain MSE, and a
     cosine too, is mostly those channels' loss."""
-    student, teacher = student_features.float(), teacher_features.float()
-    weights = torch.ones(teacher.shape[:-1], dtype=teacher.dtype, device=teacher.device) if mask is None \
-        else mask.to(teacher.dtype)
-    weights = weights.unsqueeze(-1)
-    positions = weights.sum().clamp_min(1.0)
-    scale = ((teacher.detach() ** 2 * weights).sum(dim=tuple(range(teacher.dim() - 1))) / positions).clamp_min(eps)
-    return (((student - teacher) ** 2 / scale) * weights).sum() / (positions * teacher.shape[-1])
+    teacher = teacher_features.float()
+    weights = torch.ones_like(teacher[..., :1]) if mask is None else mask.to(teacher.dtype).unsqueeze(-1)
+    positions = tuple(range(teacher.dim() - 1))
+    mean_square = (teacher.detach() ** 2 * weights).sum(dim=positions) / weights.sum().clamp_min(1.0)
+    root = mean_square.clamp_min(eps).sqrt()
+    return feature_mse(student_features.float() / root, teacher / root, mask)
 
 
 def cosine_distance(student_features: torch.Tensor, teacher_features: torch.Tensor,
