@@ -23,13 +23,14 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .activation_importance import UnitImportance, decoder_parts, language_model_loss, measure_importance
 from .model_shape import ModelShape, candidate_shapes, count_parameters, shape_config
+from .reconstruction import check_damping, input_grams, refit_columns
 from .value_checks import short
 
 logger = logging.getLogger(__name__)
@@ -79,15 +80,20 @@ def kept_units(importance: UnitImportance, shape: ModelShape) -> KeptUnits:
                      [top(importance.ffn_channels[i], shape.intermediate_size) for i in layers])
 
 
-def shrink_to_shape(model: nn.Module, importance: UnitImportance, shape: ModelShape) -> nn.Module:
-    """A new model of ``model``'s class at ``shape`` holding its most important units (module docstring)."""
+def shrink_to_shape(model: nn.Module, importance: UnitImportance, shape: ModelShape,
+                    grams: Optional[List[Dict[str, torch.Tensor]]] = None, damping: float = 0.01) -> nn.Module:
+    """A new model of ``model``'s class at ``shape`` holding its most important units (module docstring). With
+    ``grams`` (:func:`hf_prune.reconstruction.input_grams` of ``model``), each kept layer's ``o_proj`` and
+    ``down_proj`` are refit by least squares to the original layer's output instead of copied."""
     shape.check_within(ModelShape.of(model.config))
-    return _copy_units(model, kept_units(importance, shape), shape)
+    return _copy_units(model, kept_units(importance, shape), shape, grams, damping)
 
 
 @torch.no_grad()
-def _copy_units(model: nn.Module, kept: KeptUnits, shape: ModelShape) -> nn.Module:
-    """A new model of ``model``'s class at ``shape`` holding the ``kept`` units."""
+def _copy_units(model: nn.Module, kept: KeptUnits, shape: ModelShape,
+                grams: Optional[List[Dict[str, torch.Tensor]]] = None, damping: float = 0.01) -> nn.Module:
+    """A new model of ``model``'s class at ``shape`` holding the ``kept`` units (output projections refit
+    against ``grams`` when given)."""
     parts = decoder_parts(model)
     original = ModelShape.of(model.config)
     config = shape_config(model.config, shape)
@@ -114,14 +120,16 @@ def _copy_units(model: nn.Module, kept: KeptUnits, shape: ModelShape) -> nn.Modu
         _copy_linear(new_attention.q_proj, attention.q_proj, query_rows, hidden)
         _copy_linear(new_attention.k_proj, attention.k_proj, kv_rows, hidden)
         _copy_linear(new_attention.v_proj, attention.v_proj, kv_rows, hidden)
-        _copy_linear(new_attention.o_proj, attention.o_proj, hidden, query_rows, bias_rows=hidden)
+        _copy_linear(new_attention.o_proj, attention.o_proj, hidden, query_rows, bias_rows=hidden,
+                     gram=None if grams is None else grams[index]["o_proj"], damping=damping)
         for name in ("q_norm", "k_norm"):  # Qwen3: per-head norms over head_dim
             if hasattr(attention, name):
                 getattr(new_attention, name).load_state_dict(getattr(attention, name).state_dict())
         channels = kept.ffn_channels[position].to(hidden.device)
         _copy_linear(target.mlp.gate_proj, source.mlp.gate_proj, channels, hidden)
         _copy_linear(target.mlp.up_proj, source.mlp.up_proj, channels, hidden)
-        _copy_linear(target.mlp.down_proj, source.mlp.down_proj, hidden, channels, bias_rows=hidden)
+        _copy_linear(target.mlp.down_proj, source.mlp.down_proj, hidden, channels, bias_rows=hidden,
+                     gram=None if grams is None else grams[index]["down_proj"], damping=damping)
         target.input_layernorm.weight.copy_(source.input_layernorm.weight[hidden] * scale)
         target.post_attention_layernorm.weight.copy_(source.post_attention_layernorm.weight[hidden] * scale)
     if getattr(model, "generation_config", None) is not None:
@@ -156,8 +164,14 @@ def _unit_rows(units: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _copy_linear(target: nn.Linear, source: nn.Linear, rows: torch.Tensor, columns: torch.Tensor,
-                 bias_rows: Optional[torch.Tensor] = None) -> None:
-    target.weight.copy_(source.weight[rows][:, columns])
+                 bias_rows: Optional[torch.Tensor] = None, gram: Optional[torch.Tensor] = None,
+                 damping: float = 0.01) -> None:
+    """``source``'s ``rows`` x ``columns`` into ``target``; with the Gram of ``source``'s input, the kept columns
+    refit to the output of all of them (:func:`hf_prune.reconstruction.refit_columns`)."""
+    if gram is None or len(columns) == source.weight.shape[1]:  # every column kept: the original is the best fit
+        target.weight.copy_(source.weight[rows][:, columns])
+    else:
+        target.weight.copy_(refit_columns(source.weight[rows], gram, columns, damping))
     if source.bias is not None:
         target.bias.copy_(source.bias[rows if bias_rows is None else bias_rows])
 
@@ -165,22 +179,33 @@ def _copy_linear(target: nn.Linear, source: nn.Linear, rows: torch.Tensor, colum
 def compress(model: nn.Module, batches: Iterable[dict], *, target_params: Optional[float] = None,
              shape: Optional[ModelShape] = None, search: bool = True, max_batches: int = 16,
              score_batches: int = 4, aggregation: str = "l2", layer_method: str = "cosine",
-             shapes: Optional[List[ModelShape]] = None) -> CompressionResult:
+             shapes: Optional[List[ModelShape]] = None, refit: bool = False,
+             damping: float = 0.01) -> CompressionResult:
     """One-shot compression of ``model`` (unchanged) to a stock model of at most ``target_params`` parameters, or
     to ``shape``. Importance comes from the first ``max_batches`` of ``batches``; with ``search`` (and a target),
     every candidate shape (``shapes``, default :func:`candidate_shapes`) is built and scored by the language-model
     loss on the next ``score_batches`` batches (on their ``labels`` where they carry them, e.g. only a task's answer
     tokens; else every non-padding token), and the lowest wins; without it, the first candidate whose widths
-    are most even is taken. The result lists the shapes tried with their sizes and scores."""
+    are most even is taken. The result lists the shapes tried with their sizes and scores. With ``refit``, every
+    shape's ``o_proj`` and ``down_proj`` are refit by least squares to the original layers' outputs on the
+    calibration batches (:mod:`hf_prune.reconstruction`, ridge ``damping``) instead of copied."""
     if (target_params is None) == (shape is None):
         raise ValueError("give exactly one of target_params (a parameter count, e.g. 90e6) and shape (a ModelShape)")
+    if not isinstance(refit, bool):
+        raise ValueError(f"refit must be True or False, got {short(refit)}")
+    check_damping(damping)
     batches = list(batches)
     calibration, held_out = batches[:max_batches], batches[max_batches:max_batches + score_batches]
     importance = measure_importance(model, calibration, max_batches=max_batches, aggregation=aggregation,
                                     layer_method=layer_method)
+    grams = input_grams(model, calibration, max_batches=max_batches) if refit else None
+
+    def shrink(chosen: ModelShape) -> nn.Module:
+        return shrink_to_shape(model, importance, chosen, grams, damping)
+
     before = count_parameters(model.config)
     if shape is not None:
-        small = shrink_to_shape(model, importance, shape)
+        small = shrink(shape)
         return CompressionResult(small, shape, _parameters(small), before, [], importance)
     candidates = shapes if shapes is not None else candidate_shapes(model.config, target_params)
     over = [candidate for candidate in candidates if count_parameters(model.config, candidate) > target_params]
@@ -188,14 +213,14 @@ def compress(model: nn.Module, batches: Iterable[dict], *, target_params: Option
         raise ValueError(f"shape {over[0].describe()} has more than target_params {short(target_params)}")
     if not search or len(candidates) == 1:
         chosen = _most_even(candidates, ModelShape.of(model.config))
-        small = shrink_to_shape(model, importance, chosen)
+        small = shrink(chosen)
         return CompressionResult(small, chosen, _parameters(small), before, [], importance)
     if not held_out:
         raise ValueError(f"the shape search scores candidates on batches after the first {max_batches}; give at "
                          f"least {max_batches + 1} batches (or search=False)")
     scored = []
     for candidate in candidates:
-        small = shrink_to_shape(model, importance, candidate)
+        small = shrink(candidate)
         loss = language_model_loss(small, held_out)
         scored.append((candidate, _parameters(small), loss))
         logger.info("candidate %s: %s parameters, calibration loss %.4f", candidate.describe(),
@@ -203,7 +228,7 @@ def compress(model: nn.Module, batches: Iterable[dict], *, target_params: Option
         del small
     scored.sort(key=lambda row: row[2])
     winner = scored[0][0]
-    small = shrink_to_shape(model, importance, winner)
+    small = shrink(winner)
     return CompressionResult(small, winner, _parameters(small), before, scored, importance)
 
 
