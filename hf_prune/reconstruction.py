@@ -31,33 +31,55 @@ from .value_checks import short
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["input_grams", "refit_columns", "check_damping", "PROJECTIONS"]
+__all__ = ["input_grams", "refit_columns", "check_damping", "PROJECTIONS", "WEIGHTINGS"]
 
 #: the projections whose input columns compression removes: attention output (query heads), FFN output (channels)
 PROJECTIONS = ("o_proj", "down_proj")
+WEIGHTINGS = ("residual", "none")
 
 
 @torch.no_grad()
-def input_grams(model: nn.Module, batches: Iterable[dict], max_batches: int = 16) -> List[Dict[str, torch.Tensor]]:
+def input_grams(model: nn.Module, batches: Iterable[dict], max_batches: int = 16,
+                weighting: str = "residual") -> List[Dict[str, torch.Tensor]]:
     """For every decoder layer, ``{"o_proj": G, "down_proj": G}``: the Gram matrix ``X^T X`` (float32) of that
-    projection's input over the non-padding tokens of up to ``max_batches`` calibration batches."""
+    projection's input over the non-padding tokens of up to ``max_batches`` calibration batches.
+
+    ``weighting="residual"`` weighs each token by ``1 / mean(h^2)`` of the residual stream ``h`` the projection's
+    output is added to (what the next RMSNorm divides by), so the refit minimises the error as the rest of the
+    network sees it; ``"none"`` weighs tokens alike, which lets the few tokens with massive residual activations
+    (attention sinks: their squared norm is orders of magnitude above the others') decide the fit."""
     if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches <= 0:
         raise ValueError(f"max_batches must be a positive integer, got {short(max_batches)}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {short(weighting)}")
     parts = decoder_parts(model)
     grams: List[Dict[str, torch.Tensor]] = [{} for _ in parts.layers]
     token_mask: List = [None]
+    token_weights: Dict[str, torch.Tensor] = {}
+
+    def tokens_of(tensor: torch.Tensor) -> torch.Tensor:
+        flat = tensor.detach().reshape(-1, tensor.shape[-1]).float()
+        return flat if token_mask[0] is None else flat[token_mask[0]]
+
+    def residual(name: str):  # the norm before a projection's block sees the residual stream it writes back to
+        def hook(module, args):
+            token_weights[name] = tokens_of(args[0]).pow(2).mean(dim=-1).clamp_min(1e-12).rsqrt()
+        return hook
 
     def accumulate(index: int, name: str):
         def hook(module, args):
-            flat = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            if token_mask[0] is not None:
-                flat = flat[token_mask[0]]
+            flat = tokens_of(args[0])
+            if weighting == "residual":
+                flat = flat * token_weights.pop(name)[:, None]   # sqrt(1 / mean(h^2)) on each side of the product
             product = flat.T @ flat
             grams[index][name] = grams[index][name] + product if name in grams[index] else product
         return hook
 
     handles = [getattr(layer.self_attn if name == "o_proj" else layer.mlp, name).register_forward_pre_hook(
         accumulate(index, name)) for index, layer in enumerate(parts.layers) for name in PROJECTIONS]
+    if weighting == "residual":
+        handles += [norm.register_forward_pre_hook(residual(name)) for layer in parts.layers for norm, name in (
+            (layer.input_layernorm, "o_proj"), (layer.post_attention_layernorm, "down_proj"))]
     seen = 0
     try:
         with _eval_mode(model):
