@@ -8,10 +8,12 @@ from ..config_io import JsonConfigMixin
 from ..value_checks import finite, short
 from .layerwise import HIDDEN_LOSSES, resolve_layer_map
 
-__all__ = ["DistillationConfig", "DISTILLATION_CONFIG_NAME", "METHODS"]
+__all__ = ["DistillationConfig", "DISTILLATION_CONFIG_NAME", "METHODS", "KD_TOKENS"]
 
 DISTILLATION_CONFIG_NAME = "distillation_config.json"
 METHODS = ("logits", "reused_classifier")
+#: which positions a language model's token KD averages over: those with a label, or every real token
+KD_TOKENS = ("labels", "all")
 
 
 @dataclass
@@ -20,7 +22,9 @@ class DistillationConfig(JsonConfigMixin):
     ``reused_classifier`` (SimKD, arXiv 2203.14001): the teacher's head scores the student's projected
     features; the loss is ``feature_weight`` x MSE(projected student features, teacher features), plus logit KD
     through the shared head when ``distill_loss_weight`` > 0. ``hard_label_weight`` adds the student's own
-    task loss (0 = KD replaces it, as in INC's QA example).
+    task loss (0 = KD replaces it, as in INC's QA example). ``kd_tokens`` (causal language models): token KD over
+    the positions with a label (``"labels"``: in SFT with a completion-only loss, the answer) or over every real
+    token (``"all"``: the prompt too, while the hard-label loss stays on the labels).
 
     Layer-wise terms, with any method: ``hidden_state_weight`` x the hidden-state loss (``hidden_state_loss``:
     ``mse`` per element, ``channel_mse`` per element with each channel divided by the teacher's mean square, or
@@ -38,6 +42,7 @@ class DistillationConfig(JsonConfigMixin):
     hidden_state_loss: str = "mse"
     layer_map: Optional[List[List[int]]] = None
     attention_weight: float = 0.0
+    kd_tokens: str = "labels"
 
     config_name: ClassVar[str] = DISTILLATION_CONFIG_NAME
     config_kind: ClassVar[str] = "distillation"
@@ -46,6 +51,8 @@ class DistillationConfig(JsonConfigMixin):
         if self.method not in METHODS:
             raise ValueError(f"unknown distillation method {short(self.method)}; allowed: {', '.join(METHODS)}")
         finite("temperature", self.temperature, minimum=0, above=True)
+        if self.kd_tokens not in KD_TOKENS:
+            raise ValueError(f"unknown kd_tokens {short(self.kd_tokens)}; allowed: {', '.join(KD_TOKENS)}")
         if self.hidden_state_loss not in HIDDEN_LOSSES:
             raise ValueError(f"unknown hidden_state_loss {short(self.hidden_state_loss)}; allowed: {', '.join(HIDDEN_LOSSES)}")
         if self.layer_map is not None:

@@ -2,18 +2,21 @@
 
 The KD term is KL(teacher || student) of temperature-softened next-token distributions, times T², averaged over
 the positions that carry a label (``labels != -100``: the answer tokens of an SFT example, not its prompt or
-padding). With a 50k-token vocabulary and long sequences a full ``[batch, seq, vocab]`` fp32 softmax per model
+padding), or over every real position (``DistillationConfig.kd_tokens="all"``, :func:`every_token_labels`: the
+prompt's tokens too, so each example distils its whole text at no extra forward pass). With a 50k-token vocabulary and long sequences a full ``[batch, seq, vocab]`` fp32 softmax per model
 would dwarf the model itself, so positions are processed in chunks of ``chunk_size`` rows: each chunk gathers its
 rows from the logits the forward already holds, and is recomputed in the backward pass (activation checkpointing)
 instead of keeping its fp32 softmax alive.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["token_kd_loss", "label_positions", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["token_kd_loss", "label_positions", "every_token_labels", "DEFAULT_CHUNK_SIZE"]
 
 DEFAULT_CHUNK_SIZE = 1024
 IGNORE_INDEX = -100
@@ -29,6 +32,22 @@ def label_positions(labels: torch.Tensor, shift: bool) -> torch.Tensor:
     else:
         predicts = labels != IGNORE_INDEX
     return predicts.flatten().nonzero().flatten()
+
+
+def every_token_labels(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                       position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Labels that make every real next-token prediction of a causal LM count (the prompt's as well as the
+    answer's): ``input_ids``, with -100 at padding, at any token whose predecessor is padding (left padding: a pad
+    position's logits predict nothing real) and, in padding-free batches, at the first token of each packed
+    sequence (``position_ids`` 0: the previous sequence's last logits do not predict it)."""
+    labels = input_ids.clone()
+    if attention_mask is not None:
+        real = attention_mask.to(torch.bool)
+        labels[~real] = IGNORE_INDEX
+        labels[:, 1:][~real[:, :-1]] = IGNORE_INDEX
+    if position_ids is not None:
+        labels[position_ids.reshape(labels.shape) == 0] = IGNORE_INDEX
+    return labels
 
 
 def _chunk_kl(student_flat: torch.Tensor, teacher_flat: torch.Tensor, rows: torch.Tensor,

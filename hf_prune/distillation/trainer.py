@@ -20,7 +20,7 @@ from .simkd import SimKDHead, find_task_head, install_simkd_head
 from ..sharding import is_dtensor, is_zero3
 from ..value_checks import short
 from .teacher import check_teacher, check_tokenizers, forward_parameters, is_language_model, split_inputs
-from .token_kd import token_kd_loss
+from .token_kd import every_token_labels, token_kd_loss
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,11 @@ class DistillationTrainer(Trainer):
                 config.hidden_state_weight > 0 or config.attention_weight > 0):
             raise ValueError("layer-wise distillation of encoder-decoder models is not supported (which stack's "
                              "layers would the map pair?); use hidden_state_weight=0 and attention_weight=0")
+        if config.kd_tokens == "all" and (not self.language_model or getattr(student.config, "is_encoder_decoder",
+                                                                            False)):
+            raise ValueError(f"kd_tokens='all' distils every token of a causal language model's input; "
+                             f"{type(student).__name__} is not one (its KD positions are its labels or outputs): "
+                             "use kd_tokens='labels'")
         self.simkd_head: Optional[SimKDHead] = None
         if config.method == "reused_classifier":
             self.simkd_head = install_simkd_head(student, teacher_model)
@@ -140,7 +145,13 @@ class DistillationTrainer(Trainer):
             terms["loss_attention"] = attention_loss(outputs.attentions, teacher_outputs.attentions, self.layer_map,
                                                      mask)
         if config.distill_loss_weight > 0:
-            terms["loss_kd"] = self._kd(outputs, teacher_outputs, mask, inputs.get("labels"))
+            kd_labels = inputs.get("labels")
+            if config.kd_tokens == "all":
+                if inputs.get("input_ids") is None:
+                    raise ValueError("kd_tokens='all' reads the positions to distil from input_ids; this batch has "
+                                     "none (inputs_embeds?): use kd_tokens='labels'")
+                kd_labels = every_token_labels(inputs["input_ids"], mask, inputs.get("position_ids"))
+            terms["loss_kd"] = self._kd(outputs, teacher_outputs, mask, kd_labels)
         if config.hard_label_weight > 0:
             terms["loss_hard"] = self._task_loss(model, outputs, labels)
         if self.simkd_head is not None and config.feature_weight > 0:

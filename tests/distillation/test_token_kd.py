@@ -147,3 +147,51 @@ def test_the_same_losses_inside_trl_sft_trainer(tmp_path):
     logged = [e for e in trainer.state.log_history if "loss_kd" in e]
     assert logged and all(e["loss_kd"] > 0 and e["loss_hard"] > 0 for e in logged)
     assert callback.pruner.sparsity() == pytest.approx(0.5, abs=0.01)
+
+
+def test_every_token_labels_leave_out_padding_and_packed_sequence_starts():
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0], [0, 0, 11, 12]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 1, 1]])
+    expected = torch.tensor([[5, 6, 7, 8], [9, 10, -100, -100], [-100, -100, -100, 12]])   # 11 follows padding
+    assert torch.equal(token_kd.every_token_labels(ids, mask), expected)
+    packed = torch.tensor([[5, 6, 7, 8, 9]])
+    positions = torch.tensor([[0, 1, 2, 0, 1]])   # two sequences: 8 is not predicted from 7
+    assert torch.equal(token_kd.every_token_labels(packed, None, positions), torch.tensor([[-100, 6, 7, -100, 9]]))
+
+
+@pytest.mark.parametrize("kd_tokens", ["labels", "all"])
+def test_kd_tokens_all_distils_the_prompt_positions_too(tmp_path, kd_tokens):
+    student, teacher = _llama(1), _llama(2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher,
+                                  distillation_config=DistillationConfig(kd_tokens=kd_tokens),
+                                  args=_args(tmp_path, max_steps=1), train_dataset=_LMData())
+    rows = [_LMData()[i] for i in range(2)]
+    batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+    batch["attention_mask"][1, 9:] = 0                       # the second example is padded after 9 tokens
+    batch["labels"][1, 9:] = -100
+    student.train()
+    loss = trainer.compute_loss(student, batch)
+    with torch.no_grad():
+        student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    positions = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100) if kd_tokens == "all" \
+        else batch["labels"]
+    expected = _reference(student_logits, teacher_logits, positions, 2.0, True)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    other = _reference(student_logits, teacher_logits, batch["labels"] if kd_tokens == "all" else
+                       batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100), 2.0, True)
+    assert other.item() != pytest.approx(expected.item(), rel=1e-2)   # the two settings average different positions
+
+
+def test_kd_tokens_refusals(tmp_path):
+    with pytest.raises(ValueError, match="unknown kd_tokens 'prompt'; allowed: labels, all"):
+        DistillationConfig(kd_tokens="prompt")
+
+    def t5(seed):
+        torch.manual_seed(seed)
+        return T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                                   num_heads=4, decoder_start_token_id=0, pad_token_id=0))
+    with pytest.raises(ValueError, match="kd_tokens='all' distils every token of a causal language model's input; "
+                                         "T5ForConditionalGeneration is not one"):
+        DistillationTrainer(model=t5(1), teacher_model=t5(2), distillation_config=DistillationConfig(kd_tokens="all"),
+                            args=_args(tmp_path))
