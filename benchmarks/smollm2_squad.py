@@ -57,6 +57,7 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
   refit-probe        no training: the same scores for starts whose o_proj/down_proj are refit by least squares to
                      the dense layers' outputs (REFIT_PROBE_SHAPES, REFIT_PROBE), against plain copies;
                      refit-probe-residual: the same with tokens weighted by the residual stream (REFIT_PROBE_RESIDUAL)
+  importance-probe   no training: the FFN shapes' units picked by activation or by output (IMPORTANCE_PROBE_SCORES)
   Each minitron run also reports perplexity on held-out Wikipedia paragraphs (contexts of validation.json), batch-1
   prefill/decode speed against the dense model (alternating), and whether a process without hf_prune loads the
   saved folder with AutoModelForCausalLM and generates the same greedy tokens.
@@ -201,6 +202,10 @@ REFIT_PROBE_SHAPES = {"trimmed": [*[(f"ffn-only {depth} layers", dict(ffn_only_d
 REFIT_PROBE = (None, ("none", 0.001), ("none", 0.01), ("none", 0.1))
 REFIT_PROBE_RESIDUAL_SHAPES = {"trimmed": REFIT_PROBE_SHAPES["trimmed"][:2]}
 REFIT_PROBE_RESIDUAL = (None, ("residual", 0.001), ("residual", 0.01), ("residual", 0.1))
+#: importance-probe (no training; named before it ran): the same two FFN shapes with their units picked by Minitron's
+#: activation score and by what each unit writes to the residual stream (unit_score="output": activation x the norm
+#: of its down_proj column), each with RMS ("l2") and mean-absolute ("mean") aggregation over tokens
+IMPORTANCE_PROBE_SCORES = (("activation", "l2"), ("output", "l2"), ("activation", "mean"), ("output", "mean"))
 #: runs that change the recipe's training arguments (named before they ran)
 #: the SFT rate and linear decay 2-4.yaml held before its seed repeat; the runs made with it name it, so they reproduce
 _SFT_RATE = dict(learning_rate=5e-5, lr_scheduler_type="linear", lr_scheduler_kwargs={})
@@ -310,14 +315,15 @@ def oneshot_losses(tokenizer, dense_dir: str, recipe, steps: int, batch: int, ma
 
 
 def shape_probe(tokenizer, dense_dir: str, steps: int, batch: int, max_tokens: int, probe_shapes: dict = None,
-                refits: tuple = (None,)) -> dict:
+                refits: tuple = (None,), scores: tuple = (("activation", "l2"),)) -> dict:
     """No training: one-shot starts scored two ways — the search's LM loss (every token of 4 calibration batches)
     and the answer loss of 64 held-out training examples — for the shapes of ``probe_shapes`` (PROBE_SHAPES). The
     full-vocabulary shapes are those of runs already measured after 100 steps of KD, so the table shows which score
     ranks the recovered F1; the trimmed-vocabulary shapes are the depth/FFN mixes at <= 90M. Each shape is built
     once per entry of ``refits``: None copies the kept units, ``(weighting, damping)`` refits o_proj/down_proj by
     least squares on the calibration batches, tokens weighted so, with that ridge damping
-    (hf_prune.reconstruction)."""
+    (hf_prune.reconstruction); and once per ``(unit_score, aggregation)`` of ``scores`` (the importance that picks
+    the kept units)."""
     from transformers import AutoModelForCausalLM
 
     from hf_prune.activation_importance import language_model_loss, measure_importance
@@ -338,8 +344,9 @@ def shape_probe(tokenizer, dense_dir: str, steps: int, batch: int, max_tokens: i
                                  + COMPRESSION_SETTINGS["score_batches"])
         calibration = batches[:COMPRESSION_SETTINGS["max_batches"]]
         scoring = batches[COMPRESSION_SETTINGS["max_batches"]:]
-        importance = measure_importance(model, calibration, aggregation=COMPRESSION_SETTINGS["aggregation"],
-                                        layer_method=COMPRESSION_SETTINGS["layer_method"])
+        importances = {score: measure_importance(model, calibration, aggregation=score[1], unit_score=score[0],
+                                                 layer_method=COMPRESSION_SETTINGS["layer_method"])
+                       for score in scores}
         grams = {weighting: input_grams(model, calibration, weighting=weighting)
                  for weighting in {refit[0] for refit in refits if refit is not None}}
         original = ModelShape.of(model.config)
@@ -351,15 +358,17 @@ def shape_probe(tokenizer, dense_dir: str, steps: int, batch: int, max_tokens: i
                 shape = ffn_only_shape(model.config, TARGET_PARAMETERS, depth=spec["ffn_only_depth"])
             else:
                 shape = dataclasses.replace(original, **spec)
-            for refit in refits:
-                weighting, damping = refit or (None, None)
-                small = shrink_to_shape(model, importance, shape, grams.get(weighting), damping or 0.0)
-                rows.append({"vocabulary": vocabulary, "label": label, "shape": shape.describe(),
-                             "refit_weighting": weighting, "refit_damping": damping, "parameters": sum(p.numel() for p in small.parameters()),
-                             "lm_loss": language_model_loss(small, scoring),
-                             "answer_loss": language_model_loss(small, held_out)})
-                print(json.dumps(rows[-1]), flush=True)
-                del small
+            for (unit_score, aggregation), importance in importances.items():
+                for refit in refits:
+                    weighting, damping = refit or (None, None)
+                    small = shrink_to_shape(model, importance, shape, grams.get(weighting), damping or 0.0)
+                    rows.append({"vocabulary": vocabulary, "label": label, "shape": shape.describe(),
+                                 "unit_score": unit_score, "aggregation": aggregation, "refit_weighting": weighting,
+                                 "refit_damping": damping, "parameters": sum(p.numel() for p in small.parameters()),
+                                 "lm_loss": language_model_loss(small, scoring),
+                                 "answer_loss": language_model_loss(small, held_out)})
+                    print(json.dumps(rows[-1]), flush=True)
+                    del small
         del model
     return {"probe": rows}
 
@@ -382,7 +391,7 @@ def sft(model, tokenizer, train, recipe, teacher=None, callbacks=()):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", choices=[*RUNS, "oneshot-loss", "shape-probe", "refit-probe",
-                                         "refit-probe-residual"])
+                                         "refit-probe-residual", "importance-probe"])
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's max_steps")
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--smoke", action="store_true", help="write under benchmarks/runs/smollm2/smoke")
@@ -405,16 +414,19 @@ def main() -> None:
                                 recipe.arguments.max_length)
     if name not in ("instruct", "dense") and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
         raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run 'dense' first")
-    if name in ("oneshot-loss", "shape-probe", "refit-probe", "refit-probe-residual"):
+    if name in ("oneshot-loss", "shape-probe", "refit-probe", "refit-probe-residual", "importance-probe"):
         if name == "oneshot-loss":
             row = oneshot_losses(tokenizer, dense_dir, recipe, steps, batch, max_tokens)
         elif name == "shape-probe":
             row = shape_probe(tokenizer, dense_dir, steps, batch, max_tokens)
         elif name == "refit-probe":
             row = shape_probe(tokenizer, dense_dir, steps, batch, max_tokens, REFIT_PROBE_SHAPES, REFIT_PROBE)
-        else:
+        elif name == "refit-probe-residual":
             row = shape_probe(tokenizer, dense_dir, steps, batch, max_tokens, REFIT_PROBE_RESIDUAL_SHAPES,
                               REFIT_PROBE_RESIDUAL)
+        else:
+            row = shape_probe(tokenizer, dense_dir, steps, batch, max_tokens, REFIT_PROBE_RESIDUAL_SHAPES,
+                              scores=IMPORTANCE_PROBE_SCORES)
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as handle:
             json.dump(row, handle, indent=2)

@@ -14,6 +14,11 @@ few batches of the training data gives, per unit,
 
 Tokens are aggregated by ``aggregation``: ``"l2"`` (root mean square over tokens) or ``"mean"`` (mean absolute
 value; for heads, the mean norm). Padding positions (``attention_mask == 0``) are left out.
+
+``unit_score="output"`` scores KV groups and FFN channels by what they *write* instead: the norm of the head's
+``o_proj`` slice applied to its attention output, and the channel's activation times the norm of its ``down_proj``
+column — the size of each unit's contribution to the residual stream (a large activation read by a small output
+column adds little). ``"activation"`` (default) is Minitron's score.
 """
 from __future__ import annotations
 
@@ -31,11 +36,12 @@ from .value_checks import short
 logger = logging.getLogger(__name__)
 
 __all__ = ["UnitImportance", "measure_importance", "decoder_parts", "language_model_loss", "LLAMA_FAMILY", "AGGREGATIONS",
-           "LAYER_METHODS"]
+           "LAYER_METHODS", "UNIT_SCORES"]
 
 #: model types whose decoder layers are Llama's (RMSNorm, GQA attention with q/k/v/o, gated FFN gate/up/down)
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 AGGREGATIONS = ("l2", "mean")
+UNIT_SCORES = ("activation", "output")
 LAYER_METHODS = ("cosine", "loss")
 
 
@@ -50,6 +56,7 @@ class UnitImportance:
     tokens: int
     layer_method: str
     aggregation: str
+    unit_score: str = "activation"
 
 
 @dataclass
@@ -104,11 +111,14 @@ class _Accumulator:
 
 @torch.no_grad()
 def measure_importance(model: nn.Module, batches: Iterable[dict], max_batches: int = 16,
-                       aggregation: str = "l2", layer_method: str = "cosine") -> UnitImportance:
+                       aggregation: str = "l2", layer_method: str = "cosine",
+                       unit_score: str = "activation") -> UnitImportance:
     """Run up to ``max_batches`` calibration batches (dicts with ``input_ids`` and optionally ``attention_mask``)
     through ``model`` in eval mode and return every unit's importance (module docstring)."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {short(aggregation)}")
+    if unit_score not in UNIT_SCORES:
+        raise ValueError(f"unit_score must be one of {UNIT_SCORES}, got {short(unit_score)}")
     if layer_method not in LAYER_METHODS:
         raise ValueError(f"layer_method must be one of {LAYER_METHODS}, got {short(layer_method)}")
     if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches <= 0:
@@ -131,7 +141,13 @@ def measure_importance(model: nn.Module, batches: Iterable[dict], max_batches: i
         def hook(module, args):
             values = tokens_of(args[0])
             if per_head:
-                values = values.view(values.shape[0], parts.heads, parts.head_dim).norm(dim=-1)
+                values = values.view(values.shape[0], parts.heads, parts.head_dim)
+                if unit_score == "output":   # ||W_h x_h|| = sqrt(x_h^T (W_h^T W_h) x_h), W_h: the head's o_proj slice
+                    slices = module.weight.detach().float().view(-1, parts.heads, parts.head_dim)
+                    products = torch.einsum("ohd,ohe->hde", slices, slices)
+                    values = torch.einsum("thd,hde,the->th", values, products, values).clamp_min(0).sqrt()
+                else:
+                    values = values.norm(dim=-1)
             sums.add(key, values)
         return hook
 
@@ -166,16 +182,19 @@ def measure_importance(model: nn.Module, batches: Iterable[dict], max_batches: i
     heads = torch.stack([sums.result(f"heads.{i}") for i in range(layers)])
     kv_groups = heads.view(layers, parts.kv_heads, group).sum(dim=-1)  # query heads of group g: g*group .. +group
     ffn = torch.stack([sums.result(f"ffn.{i}") for i in range(layers)])
+    if unit_score == "output":   # |a_j| * ||down_proj[:, j]||: the column norm factors out of either aggregation
+        ffn = ffn * torch.stack([layer.mlp.down_proj.weight.detach().float().norm(dim=0).to(ffn.device)
+                                 for layer in parts.layers])
     hidden = sum(sums.result(key) for key in sums.sums if key.startswith("hidden."))
     if layer_method == "cosine":
         layer_scores = torch.tensor([1.0 - total / max(1, count) for total, count in cosines.values()])
     else:
         layer_scores = _skip_losses(model, parts, batches)
     tokens = sums.tokens["hidden.final"]
-    logger.info("activation importance from %d batches (%d tokens), aggregation %s, layers by %s", len(batches),
-                tokens, aggregation, layer_method)
+    logger.info("activation importance from %d batches (%d tokens), units by %s, aggregation %s, layers by %s",
+                len(batches), tokens, unit_score, aggregation, layer_method)
     return UnitImportance(kv_groups.cpu(), ffn.cpu(), hidden.cpu(), layer_scores.cpu(), tokens, layer_method,
-                          aggregation)
+                          aggregation, unit_score)
 
 
 def _first(batches: Iterable[dict], count: int) -> Iterator[dict]:

@@ -179,6 +179,7 @@ def _copy_linear(target: nn.Linear, source: nn.Linear, rows: torch.Tensor, colum
 def compress(model: nn.Module, batches: Iterable[dict], *, target_params: Optional[float] = None,
              shape: Optional[ModelShape] = None, search: bool = True, max_batches: int = 16,
              score_batches: int = 4, aggregation: str = "l2", layer_method: str = "cosine",
+             unit_score: str = "activation",
              shapes: Optional[List[ModelShape]] = None, refit: bool = False,
              damping: float = 0.01) -> CompressionResult:
     """One-shot compression of ``model`` (unchanged) to a stock model of at most ``target_params`` parameters, or
@@ -188,7 +189,9 @@ def compress(model: nn.Module, batches: Iterable[dict], *, target_params: Option
     tokens; else every non-padding token), and the lowest wins; without it, the first candidate whose widths
     are most even is taken. The result lists the shapes tried with their sizes and scores. With ``refit``, every
     shape's ``o_proj`` and ``down_proj`` are refit by least squares to the original layers' outputs on the
-    calibration batches (:mod:`hf_prune.reconstruction`, ridge ``damping``) instead of copied."""
+    calibration batches (:mod:`hf_prune.reconstruction`, ridge ``damping``) instead of copied. ``unit_score``:
+    KV groups and FFN channels ranked by their activations or by what they write to the residual stream
+    (:mod:`hf_prune.activation_importance`)."""
     if (target_params is None) == (shape is None):
         raise ValueError("give exactly one of target_params (a parameter count, e.g. 90e6) and shape (a ModelShape)")
     if not isinstance(refit, bool):
@@ -197,7 +200,7 @@ def compress(model: nn.Module, batches: Iterable[dict], *, target_params: Option
     batches = list(batches)
     calibration, held_out = batches[:max_batches], batches[max_batches:max_batches + score_batches]
     importance = measure_importance(model, calibration, max_batches=max_batches, aggregation=aggregation,
-                                    layer_method=layer_method)
+                                    layer_method=layer_method, unit_score=unit_score)
     grams = input_grams(model, calibration, max_batches=max_batches) if refit else None
 
     def shrink(chosen: ModelShape) -> nn.Module:

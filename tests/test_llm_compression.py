@@ -128,6 +128,19 @@ def test_importance_matches_a_hand_computation():
     assert torch.all(mean_importance.hidden >= final - 1e-6)   # the final norm's share is one of the summed terms
     losses = measure_importance(model, batches, layer_method="loss").layers
     assert losses.shape == (4,) and torch.isfinite(losses).all()
+    # unit_score="output": what each unit writes to the residual stream, by hand
+    output_weight = layer.self_attn.o_proj.weight.detach()
+    written = torch.stack([(attention.view(len(attention), 6, -1)[:, h] @ output_weight[:, h * 8:(h + 1) * 8].T)
+                           .norm(dim=-1) for h in range(6)], dim=1)              # [tokens, heads]
+    by_hand = written.pow(2).mean(0).sqrt().view(3, 2).sum(-1)
+    channels = torch.cat([a.reshape(-1, a.shape[-1]) for a in captured["d"]])[keep]
+    channel_writes = (channels.pow(2).mean(0).sqrt() * layer.mlp.down_proj.weight.detach().norm(dim=0))
+    output = measure_importance(model, batches, unit_score="output")
+    torch.testing.assert_close(output.kv_groups[1], by_hand, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(output.ffn_channels[1], channel_writes, atol=1e-5, rtol=1e-5)
+    assert output.unit_score == "output" and not torch.allclose(output.ffn_channels[1], importance.ffn_channels[1])
+    with pytest.raises(ValueError, match="unit_score must be one of \\('activation', 'output'\\), got 'weights'"):
+        measure_importance(model, batches, unit_score="weights")
 
 
 @pytest.mark.parametrize("fraction", [0.55, 0.7, 0.85])
