@@ -53,11 +53,9 @@ from hf_prune.qa import (
     QuestionAnsweringTrainer,
     compute_squad,
     format_for_metric,
-    check_question_lengths,
     load_qa_datasets,
     postprocess_qa_predictions,
-    prepare_train_features,
-    prepare_validation_features,
+    tokenize_splits,
     window_length,
 )
 
@@ -333,40 +331,6 @@ def load_raw_datasets(data_args: DataTrainingArguments, cache_dir: Optional[str]
         return load_qa_datasets(None, None, files, data_args.version_2_with_negative)
     return from_hub("dataset", dataset_name, lambda: load_qa_datasets(
         dataset_name, data_args.dataset_config_name, {}, data_args.version_2_with_negative, cache_dir))
-
-
-def _select(dataset, limit: Optional[int]):
-    return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
-
-
-def tokenize_splits(raw, tokenizer, data_args: DataTrainingArguments, training_args: TrainingArguments, max_len: int):
-    """(train features, eval examples, eval features, test examples, test features); None where not needed."""
-    options = dict(tokenizer=tokenizer, max_seq_length=max_len, doc_stride=data_args.doc_stride,
-                   pad_to_max_length=data_args.pad_to_max_length)
-    mapped = dict(batched=True, num_proc=data_args.preprocessing_num_workers,
-                  load_from_cache_file=not data_args.overwrite_cache)
-    needed = {"train": training_args.do_train, "validation": training_args.do_eval, "test": training_args.do_predict}
-    for split, wanted in needed.items():
-        if wanted and split not in raw:
-            raise ValueError(f"--do_{'eval' if split == 'validation' else split.replace('test', 'predict')} needs a "
-                             f"{split} split: give --{split}_file")
-    outputs = [None] * 5
-    if training_args.do_train:
-        train = _select(raw["train"], data_args.max_train_samples)
-        check_question_lengths(train, tokenizer, max_len, data_args.doc_stride, "train")
-        with training_args.main_process_first(desc="train features"):
-            outputs[0] = train.map(partial(prepare_train_features, **options), remove_columns=train.column_names,
-                                   desc="Tokenizing train", **mapped)
-    for index, (split, limit) in ((1, ("validation", data_args.max_eval_samples)),
-                                  (3, ("test", data_args.max_predict_samples))):
-        if needed[split]:
-            examples = _select(raw[split], limit)
-            check_question_lengths(examples, tokenizer, max_len, data_args.doc_stride, split)
-            with training_args.main_process_first(desc=f"{split} features"):
-                features = examples.map(partial(prepare_validation_features, **options),
-                                        remove_columns=examples.column_names, desc=f"Tokenizing {split}", **mapped)
-            outputs[index], outputs[index + 1] = examples, features
-    return tuple(outputs)
 
 
 # ---- trainer ------------------------------------------------------------------------------------------------

@@ -9,12 +9,13 @@ import hashlib
 import json
 import logging
 import os
+from functools import partial
 from typing import Any, Dict, Iterable, List, Optional
 
 import datasets
 
 __all__ = ["load_squad_file", "load_qa_datasets", "prepare_train_features", "prepare_validation_features",
-           "window_length", "check_question_lengths"]
+           "window_length", "check_question_lengths", "tokenize_splits"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,3 +226,39 @@ def check_question_lengths(examples, tokenizer, max_len: int, doc_stride: int, s
         raise ValueError(f"{split}: {len(too_long)} question(s) do not fit a window, the longest {qid!r} with {n} "
                          f"tokens: raise --max_seq_length ({max_len}) or lower --doc_stride ({doc_stride}) so that "
                          f"question + {doc_stride} context tokens fit")
+
+
+def _first_rows(dataset, limit: Optional[int]):
+    return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
+
+
+def tokenize_splits(raw, tokenizer, data_args, training_args, max_len: int) -> tuple:
+    """(train features, eval examples, eval features, test examples, test features); None where not needed.
+    ``data_args``: run_qa_prune.py's data arguments (doc_stride, pad_to_max_length, max_*_samples, ...);
+    ``training_args``: the run's TrainingArguments (do_train / do_eval / do_predict)."""
+    options = dict(tokenizer=tokenizer, max_seq_length=max_len, doc_stride=data_args.doc_stride,
+                   pad_to_max_length=data_args.pad_to_max_length)
+    mapped = dict(batched=True, num_proc=data_args.preprocessing_num_workers,
+                  load_from_cache_file=not data_args.overwrite_cache)
+    needed = {"train": training_args.do_train, "validation": training_args.do_eval, "test": training_args.do_predict}
+    for split, wanted in needed.items():
+        if wanted and split not in raw:
+            raise ValueError(f"--do_{'eval' if split == 'validation' else split.replace('test', 'predict')} needs a "
+                             f"{split} split: give --{split}_file")
+    outputs = [None] * 5
+    if training_args.do_train:
+        train = _first_rows(raw["train"], data_args.max_train_samples)
+        check_question_lengths(train, tokenizer, max_len, data_args.doc_stride, "train")
+        with training_args.main_process_first(desc="train features"):
+            outputs[0] = train.map(partial(prepare_train_features, **options), remove_columns=train.column_names,
+                                   desc="Tokenizing train", **mapped)
+    for index, (split, limit) in ((1, ("validation", data_args.max_eval_samples)),
+                                  (3, ("test", data_args.max_predict_samples))):
+        if needed[split]:
+            examples = _first_rows(raw[split], limit)
+            check_question_lengths(examples, tokenizer, max_len, data_args.doc_stride, split)
+            with training_args.main_process_first(desc=f"{split} features"):
+                features = examples.map(partial(prepare_validation_features, **options),
+                                        remove_columns=examples.column_names, desc=f"Tokenizing {split}", **mapped)
+            outputs[index], outputs[index + 1] = examples, features
+    return tuple(outputs)
