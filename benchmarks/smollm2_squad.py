@@ -50,6 +50,7 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
   minitron-vocab-ffn-hskd  the same start, token KD plus hidden-state KD (channel_mse, HIDDEN_STATE_KD): each kept layer
                      follows the teacher layer it was copied from; minitron-vocab-ffn-hskd-seed43: the same with
                      training seed 43; minitron-vocab-ffn-hskd-400: the same at 4x the budget (400 steps)
+  minitron-vocab-ffn80-kd  the FFN-only shape at <= 80M (28 layers, FFN 832: past 1.6x decode in llama.cpp)
   minitron-vocab-ffn-kd-lr4e-4  minitron-vocab-ffn-kd at twice the learning rate (4e-4); -lr1e-4: at half of it
   minitron-vocab-ffn-allkd  the same start, token KD over every real token (the prompt's paragraph and question
                      as well as the answer: KD_ON_EVERY_TOKEN), hard labels on the answer; -seed43: seed 43
@@ -117,6 +118,7 @@ RUNS = {
     "minitron-vocab-ffn-allkd-seed43": "minitron-90m.yaml",
     "minitron-vocab-ffn-kd-lr4e-4": "minitron-90m.yaml",
     "minitron-vocab-ffn-kd-lr1e-4": "minitron-90m.yaml",
+    "minitron-vocab-ffn80-kd": "minitron-90m.yaml",
 }
 #: runs that train nothing (no teacher is loaded)
 NO_TRAINING = ("instruct", "slim-check", "dense-vocab")
@@ -125,7 +127,8 @@ NO_TRAINING = ("instruct", "slim-check", "dense-vocab")
 VOCABULARY = ("dense-vocab", "minitron-vocab-depth-kd", "minitron-vocab-fade-kd", "minitron-vocab-ffn-kd",
               "minitron-vocab-ffn-hskd", "minitron-vocab-ffn-kd-seed43", "minitron-vocab-ffn-hskd-seed43",
               "minitron-vocab-ffn-hskd-400", "minitron-vocab-ffn-allkd", "minitron-vocab-ffn-allkd-seed43",
-              "minitron-vocab-ffn-kd-lr4e-4", "minitron-vocab-ffn-kd-lr1e-4")
+              "minitron-vocab-ffn-kd-lr4e-4", "minitron-vocab-ffn-kd-lr1e-4",
+              "minitron-vocab-ffn80-kd")
 #: runs whose removed layers fade out during training instead of leaving at step 0 (hf_prune.layer_fading; named
 #: before they ran): the step at which they add nothing (then they are removed, exactly)
 FADE_END_STEP = {"minitron-vocab-fade-kd": 70}
@@ -159,6 +162,11 @@ COMPRESSION = {
     "minitron-vocab-ffn-allkd-seed43": dict(ffn_only_depth=28),  # its seed repeat
     "minitron-vocab-ffn-kd-lr4e-4": dict(ffn_only_depth=28),     # the same start and KD, twice the learning rate
     "minitron-vocab-ffn-kd-lr1e-4": dict(ffn_only_depth=28),     # and half of it
+    # llama_cpp_shapes.py (2026-12-06, one-shot shapes, llama.cpp f32, 2 threads, 10 prompts): decode against dense
+    # 1.45x at FFN 1024 (88.6M), 1.54x at 928 (84.0M), 1.64x at 832 (79.3M), 1.69x at 768, 1.73x at 704: the
+    # largest 28-layer FFN-only shape past the 1.6x is FFN 832, i.e. target 80M. Same recipe and KD as
+    # minitron-vocab-ffn-kd: what F1 that speed costs
+    "minitron-vocab-ffn80-kd": dict(ffn_only_depth=28, target_params=80e6),
 }
 #: runs that add layer-wise KD to the recipe's token KD (named before they ran): each kept layer's output follows the
 #: output of the teacher layer it was copied from (CompressionResult.layer_map). channel_mse, not MSE or cosine: on the
@@ -256,12 +264,13 @@ def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
     settings = dict(COMPRESSION[name])
     batches = masked_batches(train, tokenizer, batch, COMPRESSION_SETTINGS["max_batches"]
                              + COMPRESSION_SETTINGS["score_batches"])
-    size = dict(target_params=TARGET_PARAMETERS)
+    target = settings.pop("target_params", TARGET_PARAMETERS)
+    size = dict(target_params=target)
     ffn_only_depth = settings.pop("ffn_only_depth", None)
     if ffn_only_depth is not None:   # a named shape: hidden size and heads kept, the widest FFN that fits
         from hf_prune.model_shape import ffn_only_shape
 
-        size = dict(shape=ffn_only_shape(model.config, TARGET_PARAMETERS, depth=ffn_only_depth))
+        size = dict(shape=ffn_only_shape(model.config, target, depth=ffn_only_depth))
     depth_only = settings.pop("depth_only", False)
     if settings.pop("full_depth", False):
         settings["shapes"] = [shape for shape in candidate_shapes(model.config, TARGET_PARAMETERS)
@@ -273,7 +282,7 @@ def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
         settings.update(search=True, shapes=shapes[:1])
     started = time.time()
     result = compress(model, batches, **size, **settings, **COMPRESSION_SETTINGS)
-    facts = {"compression": dict(COMPRESSION[name], **COMPRESSION_SETTINGS, target_params=TARGET_PARAMETERS),
+    facts = {"compression": dict(COMPRESSION[name], **COMPRESSION_SETTINGS, target_params=target),
              "shape": dataclasses.asdict(result.shape), "shape_described": result.shape.describe(),
              "parameters_before": result.parameters_before, "compression_seconds": time.time() - started,
              "candidates": [{"shape": shape.describe(), "parameters": count, "calibration_loss": loss}
