@@ -50,6 +50,7 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
   minitron-vocab-ffn-hskd  the same start, token KD plus hidden-state KD (channel_mse, HIDDEN_STATE_KD): each kept layer
                      follows the teacher layer it was copied from; minitron-vocab-ffn-hskd-seed43: the same with
                      training seed 43; minitron-vocab-ffn-hskd-400: the same at 4x the budget (400 steps)
+  minitron-vocab-ffn-sft  the 28-layer FFN-only start trained on the answers alone (no KD)
   minitron-vocab-ffn80-kd  the FFN-only shape at <= 80M (28 layers, FFN 832: past 1.6x decode in llama.cpp)
   minitron-vocab-ffn-kd-lr4e-4  minitron-vocab-ffn-kd at twice the learning rate (4e-4); -lr1e-4: at half of it (-seed43: its repeat)
   minitron-vocab-ffn-allkd  the same start, token KD over every real token (the prompt's paragraph and question
@@ -120,6 +121,7 @@ RUNS = {
     "minitron-vocab-ffn-kd-lr1e-4": "minitron-90m.yaml",
     "minitron-vocab-ffn80-kd": "minitron-90m.yaml",
     "minitron-vocab-ffn-kd-lr1e-4-seed43": "minitron-90m.yaml",
+    "minitron-vocab-ffn-sft": "minitron-90m.yaml",
 }
 #: runs that train nothing (no teacher is loaded)
 NO_TRAINING = ("instruct", "slim-check", "dense-vocab")
@@ -129,7 +131,8 @@ VOCABULARY = ("dense-vocab", "minitron-vocab-depth-kd", "minitron-vocab-fade-kd"
               "minitron-vocab-ffn-hskd", "minitron-vocab-ffn-kd-seed43", "minitron-vocab-ffn-hskd-seed43",
               "minitron-vocab-ffn-hskd-400", "minitron-vocab-ffn-allkd", "minitron-vocab-ffn-allkd-seed43",
               "minitron-vocab-ffn-kd-lr4e-4", "minitron-vocab-ffn-kd-lr1e-4",
-              "minitron-vocab-ffn80-kd", "minitron-vocab-ffn-kd-lr1e-4-seed43")
+              "minitron-vocab-ffn80-kd", "minitron-vocab-ffn-kd-lr1e-4-seed43",
+              "minitron-vocab-ffn-sft")
 #: runs whose removed layers fade out during training instead of leaving at step 0 (hf_prune.layer_fading; named
 #: before they ran): the step at which they add nothing (then they are removed, exactly)
 FADE_END_STEP = {"minitron-vocab-fade-kd": 70}
@@ -169,6 +172,7 @@ COMPRESSION = {
     # minitron-vocab-ffn-kd: what F1 that speed costs
     "minitron-vocab-ffn80-kd": dict(ffn_only_depth=28, target_params=80e6),
     "minitron-vocab-ffn-kd-lr1e-4-seed43": dict(ffn_only_depth=28),
+    "minitron-vocab-ffn-sft": dict(ffn_only_depth=28),
 }
 #: runs that add layer-wise KD to the recipe's token KD (named before they ran): each kept layer's output follows the
 #: output of the teacher layer it was copied from (CompressionResult.layer_map). channel_mse, not MSE or cosine: on the
@@ -187,6 +191,9 @@ HIDDEN_STATE_KD = {name: dict(hidden_state_weight=3.0, hidden_state_loss="channe
 #: Here the prompt's tokens (the paragraph and question) are distilled within the same 100 SFT steps; the hard-label
 #: loss stays on the answer
 KD_ON_EVERY_TOKEN = ("minitron-vocab-ffn-allkd", "minitron-vocab-ffn-allkd-seed43")
+#: runs without any KD (named before they ran): the same start and recipe, SFT on the answers alone — does the
+#: token KD that every other run adds help this shape at 100 steps at all?
+NO_DISTILLATION = ("minitron-vocab-ffn-sft",)
 COMPRESSION_SETTINGS = dict(max_batches=16, score_batches=4, aggregation="l2", layer_method="cosine")
 #: shape-probe (no training; named before it ran): the one-shot starts it scores. The full-vocabulary ones are the
 #: measured runs' shapes (F1 after 100 steps: depth 17.68, width 13.67, search winner 11.51); the trimmed-vocabulary
@@ -531,7 +538,10 @@ def main() -> None:
         if name in TEXT_DISTILLATION_STEPS:
             row.update(distil_on_text(model, teacher, tokenizer, recipe, TEXT_DISTILLATION_STEPS[name]),
                        text_distilled_wikipedia_perplexity=wikipedia_perplexity(model, tokenizer))
-        trainer, metrics = sft(model, tokenizer, train, recipe, teacher, [fade] if fade else [])
+        if name in NO_DISTILLATION:
+            row.update(distillation="none: SFT on the answers alone")
+        trainer, metrics = sft(model, tokenizer, train, recipe, None if name in NO_DISTILLATION else teacher,
+                               [fade] if fade else [])
         if fade is not None:
             model = fade.remove_faded_layers()
         model.save_pretrained(os.path.join(out, "model"))
