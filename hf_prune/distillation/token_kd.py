@@ -3,10 +3,10 @@
 The KD term is KL(teacher || student) of temperature-softened next-token distributions, times T², averaged over
 the positions that carry a label (``labels != -100``: the answer tokens of an SFT example, not its prompt or
 padding), or over every real position (``DistillationConfig.kd_tokens="all"``, :func:`every_token_labels`: the
-prompt's tokens too, so each example distils its whole text at no extra forward pass). With a 50k-token vocabulary and long sequences a full ``[batch, seq, vocab]`` fp32 softmax per model
-would dwarf the model itself, so positions are processed in chunks of ``chunk_size`` rows: each chunk gathers its
-rows from the logits the forward already holds, and is recomputed in the backward pass (activation checkpointing)
-instead of keeping its fp32 softmax alive.
+prompt's tokens too, so each example distils its whole text at no extra forward pass). With a 50k-token vocabulary
+and long sequences a full ``[batch, seq, vocab]`` fp32 softmax per model would dwarf the model itself, so positions
+are processed in chunks of ``chunk_size`` rows: each chunk gathers its rows from the logits the forward already
+holds, and is recomputed in the backward pass (activation checkpointing) instead of keeping its fp32 softmax alive.
 """
 from __future__ import annotations
 
