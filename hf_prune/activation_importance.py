@@ -36,7 +36,7 @@ from .value_checks import short
 logger = logging.getLogger(__name__)
 
 __all__ = ["UnitImportance", "measure_importance", "decoder_parts", "language_model_loss", "LLAMA_FAMILY", "AGGREGATIONS",
-           "LAYER_METHODS", "UNIT_SCORES"]
+           "LAYER_METHODS", "UNIT_SCORES", "CalibrationPasses"]
 
 #: model types whose decoder layers are Llama's (RMSNorm, GQA attention with q/k/v/o, gated FFN gate/up/down)
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
@@ -129,12 +129,8 @@ def measure_importance(model: nn.Module, batches: Iterable[dict], max_batches: i
         raise ValueError("measure_importance needs at least one calibration batch")
     sums = _Accumulator(aggregation)
     cosines: Dict[int, List[float]] = {index: [0.0, 0] for index in range(len(parts.layers))}
-    token_mask: List[Optional[torch.Tensor]] = [None]
-
-    def tokens_of(tensor: torch.Tensor) -> torch.Tensor:
-        flat = tensor.detach().reshape(-1, tensor.shape[-1]).float()
-        return flat if token_mask[0] is None else flat[token_mask[0]]
-
+    passes = CalibrationPasses()
+    tokens_of = passes.real_tokens
     handles = []
 
     def hook_input(key: str, per_head: bool = False):
@@ -167,16 +163,7 @@ def measure_importance(model: nn.Module, batches: Iterable[dict], max_batches: i
                     layer.mlp.gate_proj.register_forward_pre_hook(hook_input(f"hidden.ffn.{index}")),
                     layer.register_forward_hook(hook_layer(index), with_kwargs=True)]
     handles.append(parts.lm_head.register_forward_pre_hook(hook_input("hidden.final")))
-    try:
-        with _eval_mode(model):
-            for batch in batches:
-                inputs = _model_inputs(model, batch)
-                mask = inputs.get("attention_mask")
-                token_mask[0] = None if mask is None else mask.reshape(-1).bool()
-                model(**inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    passes.run(model, batches, handles)
     layers = len(parts.layers)
     group = parts.heads // parts.kv_heads
     heads = torch.stack([sums.result(f"heads.{i}") for i in range(layers)])
@@ -195,6 +182,37 @@ def measure_importance(model: nn.Module, batches: Iterable[dict], max_batches: i
                 len(batches), tokens, unit_score, aggregation, layer_method)
     return UnitImportance(kv_groups.cpu(), ffn.cpu(), hidden.cpu(), layer_scores.cpu(), tokens, layer_method,
                           aggregation, unit_score)
+
+
+class CalibrationPasses:
+    """Forward passes of calibration batches for hooks that read activations: while a batch runs,
+    :meth:`real_tokens` gives a hooked tensor's rows of that batch's non-padding tokens."""
+
+    def __init__(self) -> None:
+        self._mask: Optional[torch.Tensor] = None
+
+    def real_tokens(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``[tokens, width]`` float32 rows of ``tensor`` (``[..., width]``) at the current batch's real tokens."""
+        flat = tensor.detach().reshape(-1, tensor.shape[-1]).float()
+        return flat if self._mask is None else flat[self._mask]
+
+    def run(self, model: nn.Module, batches: Iterable[dict], handles: List) -> int:
+        """Run ``batches`` through ``model`` in eval mode, then remove the hooks ``handles``; returns the batches
+        run."""
+        count = 0
+        try:
+            with _eval_mode(model):
+                for batch in batches:
+                    inputs = _model_inputs(model, batch)
+                    mask = inputs.get("attention_mask")
+                    self._mask = None if mask is None else mask.reshape(-1).bool()
+                    model(**inputs)
+                    count += 1
+        finally:
+            self._mask = None
+            for handle in handles:
+                handle.remove()
+        return count
 
 
 def _first(batches: Iterable[dict], count: int) -> Iterator[dict]:

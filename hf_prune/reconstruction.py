@@ -30,7 +30,7 @@ from typing import Dict, Iterable, List
 import torch
 from torch import nn
 
-from .activation_importance import _eval_mode, _first, _model_inputs, decoder_parts
+from .activation_importance import CalibrationPasses, _first, decoder_parts
 from .value_checks import short
 
 logger = logging.getLogger(__name__)
@@ -58,12 +58,9 @@ def input_grams(model: nn.Module, batches: Iterable[dict], max_batches: int = 16
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {short(weighting)}")
     parts = decoder_parts(model)
     grams: List[Dict[str, torch.Tensor]] = [{} for _ in parts.layers]
-    token_mask: List = [None]
     token_weights: Dict[str, torch.Tensor] = {}
-
-    def tokens_of(tensor: torch.Tensor) -> torch.Tensor:
-        flat = tensor.detach().reshape(-1, tensor.shape[-1]).float()
-        return flat if token_mask[0] is None else flat[token_mask[0]]
+    passes = CalibrationPasses()
+    tokens_of = passes.real_tokens
 
     def residual(name: str):  # the norm before a projection's block sees the residual stream it writes back to
         def hook(module, args):
@@ -84,19 +81,7 @@ def input_grams(model: nn.Module, batches: Iterable[dict], max_batches: int = 16
     if weighting == "residual":
         handles += [norm.register_forward_pre_hook(residual(name)) for layer in parts.layers for norm, name in (
             (layer.input_layernorm, "o_proj"), (layer.post_attention_layernorm, "down_proj"))]
-    seen = 0
-    try:
-        with _eval_mode(model):
-            for batch in _first(batches, max_batches):
-                inputs = _model_inputs(model, batch)
-                mask = inputs.get("attention_mask")
-                token_mask[0] = None if mask is None else mask.reshape(-1).bool()
-                model(**inputs)
-                seen += 1
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not seen:
+    if not passes.run(model, _first(batches, max_batches), handles):
         raise ValueError("input_grams needs at least one calibration batch")
     return grams
 
