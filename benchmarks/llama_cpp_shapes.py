@@ -49,6 +49,7 @@ def main() -> None:
     dense_tokenizer = AutoTokenizer.from_pretrained(dense_dir)
     chosen = data.eval_questions(dense_tokenizer, options.questions, 320)
     model = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32).eval()
+    dense_parameters = sum(p.numel() for p in model.parameters())   # before the vocabulary is trimmed in place
     tokenizer, trimmed_questions, _ = data.trim_run_vocabulary(model, None, dense_tokenizer, chosen)
     batches = data.masked_batches(data.sft_dataset(tokenizer, 16, 320), tokenizer, 8, 2)
     llamas = {"dense": LlamaCpp(options.module, dense_gguf(dense_tokenizer))}
@@ -71,8 +72,8 @@ def main() -> None:
                      decode_speedup=dense["decode_ms_per_token"] / timing[name]["decode_ms_per_token"])
     for llama in llamas.values():
         llama.close()
-    report = {"dense": {**dense, "parameters": sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(
-        dense_dir).parameters())}, "shapes": shapes, "threads": 2, "questions": options.questions}
+    report = {"dense": {**dense, "parameters": dense_parameters}, "shapes": shapes, "threads": 2,
+              "questions": options.questions}
     with open(os.path.join(out, "shapes.json"), "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
     print(json.dumps(report, indent=2))

@@ -285,11 +285,11 @@ def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
         size = dict(shape=ffn_only_shape(model.config, target, depth=ffn_only_depth))
     depth_only = settings.pop("depth_only", False)
     if settings.pop("full_depth", False):
-        settings["shapes"] = [shape for shape in candidate_shapes(model.config, TARGET_PARAMETERS)
+        settings["shapes"] = [shape for shape in candidate_shapes(model.config, target)
                               if shape.num_hidden_layers == model.config.num_hidden_layers]
     if depth_only:
         widths = (model.config.hidden_size, model.config.intermediate_size, model.config.num_key_value_heads)
-        shapes = [shape for shape in candidate_shapes(model.config, TARGET_PARAMETERS) if (
+        shapes = [shape for shape in candidate_shapes(model.config, target) if (
             shape.hidden_size, shape.intermediate_size, shape.num_key_value_heads) == widths]
         settings.update(search=True, shapes=shapes[:1])
     started = time.time()
