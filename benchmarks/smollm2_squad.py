@@ -55,6 +55,7 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
   minitron-vocab-ffn-kd-lr4e-4  minitron-vocab-ffn-kd at twice the learning rate (4e-4); -lr1e-4: at half of it (-seed43: its repeat)
   minitron-vocab-ffn-allkd  the same start, token KD over every real token (the prompt's paragraph and question
                      as well as the answer: KD_ON_EVERY_TOKEN), hard labels on the answer; -seed43: seed 43
+  (the probes' shapes and settings are named in smollm2_probes.py)
   shape-probe        no training: one-shot starts scored by the search's LM loss and by the answer loss of held-out
                      examples (PROBE_SHAPES)
   refit-probe        no training: the same scores for starts whose o_proj/down_proj are refit by least squares to
@@ -81,8 +82,9 @@ sys.path.insert(0, HERE)
 
 from smollm2_checks import (answer_loss, evaluate, gguf_round_trip, slim_against_masked,  # noqa: E402
                             sparsity_of, speed_against, stock_load_check, wikipedia_perplexity)
-from smollm2_data import (ROOT, WORK, answer_batches, calibration_batches, eval_questions,  # noqa: E402
-                          fetch_base, masked_batches, sft_dataset, text_dataset, trim_run_vocabulary)
+from smollm2_data import (ROOT, WORK, calibration_batches, eval_questions, fetch_base, masked_batches,  # noqa: E402
+                          sft_dataset, text_dataset, trim_run_vocabulary)
+from smollm2_probes import PROBES, shape_probe  # noqa: E402
 
 from hf_prune import Pruner, PruningConfig, PruningTrainerCallback  # noqa: E402
 from hf_prune.distillation import distillation_trainer_class  # noqa: E402
@@ -195,40 +197,6 @@ KD_ON_EVERY_TOKEN = ("minitron-vocab-ffn-allkd", "minitron-vocab-ffn-allkd-seed4
 #: token KD that every other run adds help this shape at 100 steps at all?
 NO_DISTILLATION = ("minitron-vocab-ffn-sft",)
 COMPRESSION_SETTINGS = dict(max_batches=16, score_batches=4, aggregation="l2", layer_method="cosine")
-#: shape-probe (no training; named before it ran): the one-shot starts it scores. The full-vocabulary ones are the
-#: measured runs' shapes (F1 after 100 steps: depth 17.68, width 13.67, search winner 11.51); the trimmed-vocabulary
-#: ones: layers only (minitron-vocab-depth-kd, F1 24.07), FFN channels only at full and lower depths, the balanced
-#: full-depth shapes candidate_shapes gives (hidden and FFN reduced alike)
-PROBE_SHAPES = {
-    "full": [("minitron-depth-kd", dict(num_hidden_layers=17)),
-             ("minitron-width-kd", dict(hidden_size=480, num_attention_heads=6, num_key_value_heads=2,
-                                        intermediate_size=1184)),
-             ("minitron-search-kd", dict(num_hidden_layers=24, hidden_size=528, num_attention_heads=6,
-                                         num_key_value_heads=2, intermediate_size=1312))],
-    "trimmed": [("minitron-vocab-depth-kd", dict(num_hidden_layers=21)),
-                *[(f"ffn-only {depth} layers", dict(ffn_only_depth=depth)) for depth in (30, 28, 26, 24, 22)],
-                ("balanced full depth, every head", dict(hidden_size=432, intermediate_size=1504)),
-                ("balanced full depth, 2 of 3 KV groups", dict(hidden_size=528, num_attention_heads=6,
-                                                               num_key_value_heads=2, intermediate_size=1248))],
-}
-#: refit-probe (no training; named before it ran): the trimmed-vocabulary one-shot starts that remove FFN channels
-#: or heads, each built by copying the kept units (None) and by refitting o_proj/down_proj by least squares to the
-#: dense layers' outputs on the 16 calibration batches, at three ridge dampings (hf_prune.reconstruction), every
-#: token weighted alike. It ran (2026-12-06): the refit lowered the LM loss on 2 of 4 shapes and raised the answer
-#: loss on all (28 layers: 1.72 copied -> 2.33 / 2.49 / 3.67). refit-probe-residual: the same FFN shapes with each
-#: token weighted by 1 / mean(h^2) of the residual stream it is added to (so the few massive-activation tokens do not
-#: decide the fit), named before it ran
-REFIT_PROBE_SHAPES = {"trimmed": [*[(f"ffn-only {depth} layers", dict(ffn_only_depth=depth)) for depth in (30, 28, 26)],
-                                  ("balanced full depth, 2 of 3 KV groups", dict(
-                                      hidden_size=528, num_attention_heads=6, num_key_value_heads=2,
-                                      intermediate_size=1248))]}
-REFIT_PROBE = (None, ("none", 0.001), ("none", 0.01), ("none", 0.1))
-REFIT_PROBE_RESIDUAL_SHAPES = {"trimmed": REFIT_PROBE_SHAPES["trimmed"][:2]}
-REFIT_PROBE_RESIDUAL = (None, ("residual", 0.001), ("residual", 0.01), ("residual", 0.1))
-#: importance-probe (no training; named before it ran): the same two FFN shapes with their units picked by Minitron's
-#: activation score and by what each unit writes to the residual stream (unit_score="output": activation x the norm
-#: of its down_proj column), each with RMS ("l2") and mean-absolute ("mean") aggregation over tokens
-IMPORTANCE_PROBE_SCORES = (("activation", "l2"), ("output", "l2"), ("activation", "mean"), ("output", "mean"))
 #: runs that change the recipe's training arguments (named before they ran)
 #: the SFT rate and linear decay 2-4.yaml held before its seed repeat; the runs made with it name it, so they reproduce
 _SFT_RATE = dict(learning_rate=5e-5, lr_scheduler_type="linear", lr_scheduler_kwargs={})
@@ -348,65 +316,6 @@ def oneshot_losses(tokenizer, dense_dir: str, recipe, steps: int, batch: int, ma
     return row
 
 
-def shape_probe(tokenizer, dense_dir: str, steps: int, batch: int, max_tokens: int, probe_shapes: dict = None,
-                refits: tuple = (None,), scores: tuple = (("activation", "l2"),)) -> dict:
-    """No training: one-shot starts scored two ways — the search's LM loss (every token of 4 calibration batches)
-    and the answer loss of 64 held-out training examples — for the shapes of ``probe_shapes`` (PROBE_SHAPES). The
-    full-vocabulary shapes are those of runs already measured after 100 steps of KD, so the table shows which score
-    ranks the recovered F1; the trimmed-vocabulary shapes are the depth/FFN mixes at <= 90M. Each shape is built
-    once per entry of ``refits``: None copies the kept units, ``(weighting, damping)`` refits o_proj/down_proj by
-    least squares on the calibration batches, tokens weighted so, with that ridge damping
-    (hf_prune.reconstruction); and once per ``(unit_score, aggregation)`` of ``scores`` (the importance that picks
-    the kept units)."""
-    from transformers import AutoModelForCausalLM
-
-    from hf_prune.activation_importance import language_model_loss, measure_importance
-    from hf_prune.llm_compression import shrink_to_shape
-    from hf_prune.model_shape import ModelShape, count_parameters, ffn_only_shape
-    from hf_prune.reconstruction import input_grams
-
-    rows = []
-    for vocabulary, shapes in (probe_shapes or PROBE_SHAPES).items():
-        model = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32)
-        probe_tokenizer = tokenizer
-        if vocabulary == "trimmed":
-            probe_tokenizer, _, _ = trim_run_vocabulary(model, None, tokenizer, [])
-        examples = sft_dataset(probe_tokenizer, steps * batch + 64, max_tokens)
-        train = examples.select(range(steps * batch))
-        held_out = answer_batches(examples.select(range(steps * batch, len(examples))), probe_tokenizer, batch)
-        batches = masked_batches(train, probe_tokenizer, batch, COMPRESSION_SETTINGS["max_batches"]
-                                 + COMPRESSION_SETTINGS["score_batches"])
-        calibration = batches[:COMPRESSION_SETTINGS["max_batches"]]
-        scoring = batches[COMPRESSION_SETTINGS["max_batches"]:]
-        importances = {score: measure_importance(model, calibration, aggregation=score[1], unit_score=score[0],
-                                                 layer_method=COMPRESSION_SETTINGS["layer_method"])
-                       for score in scores}
-        grams = {weighting: input_grams(model, calibration, weighting=weighting)
-                 for weighting in {refit[0] for refit in refits if refit is not None}}
-        original = ModelShape.of(model.config)
-        rows.append({"vocabulary": vocabulary, "shape": "dense " + original.describe(),
-                     "parameters": count_parameters(model.config), "lm_loss": language_model_loss(model, scoring),
-                     "answer_loss": language_model_loss(model, held_out)})
-        for label, spec in shapes:
-            if "ffn_only_depth" in spec:
-                shape = ffn_only_shape(model.config, TARGET_PARAMETERS, depth=spec["ffn_only_depth"])
-            else:
-                shape = dataclasses.replace(original, **spec)
-            for (unit_score, aggregation), importance in importances.items():
-                for refit in refits:
-                    weighting, damping = refit or (None, None)
-                    small = shrink_to_shape(model, importance, shape, grams.get(weighting), damping or 0.0)
-                    rows.append({"vocabulary": vocabulary, "label": label, "shape": shape.describe(),
-                                 "unit_score": unit_score, "aggregation": aggregation, "refit_weighting": weighting,
-                                 "refit_damping": damping, "parameters": sum(p.numel() for p in small.parameters()),
-                                 "lm_loss": language_model_loss(small, scoring),
-                                 "answer_loss": language_model_loss(small, held_out)})
-                    print(json.dumps(rows[-1]), flush=True)
-                    del small
-        del model
-    return {"probe": rows}
-
-
 def sft(model, tokenizer, train, recipe, teacher=None, callbacks=()):
     """TRL's SFTTrainer with the recipe's arguments; with a teacher, hf_prune's token KD added to its loss."""
     from trl import SFTTrainer
@@ -424,8 +333,7 @@ def sft(model, tokenizer, train, recipe, teacher=None, callbacks=()):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", choices=[*RUNS, "oneshot-loss", "shape-probe", "refit-probe",
-                                         "refit-probe-residual", "importance-probe"])
+    parser.add_argument("run", choices=[*RUNS, "oneshot-loss", *PROBES])
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's max_steps")
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--smoke", action="store_true", help="write under benchmarks/runs/smollm2/smoke")
@@ -448,19 +356,10 @@ def main() -> None:
                                 recipe.arguments.max_length)
     if name not in ("instruct", "dense") and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
         raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run 'dense' first")
-    if name in ("oneshot-loss", "shape-probe", "refit-probe", "refit-probe-residual", "importance-probe"):
-        if name == "oneshot-loss":
-            row = oneshot_losses(tokenizer, dense_dir, recipe, steps, batch, max_tokens)
-        elif name == "shape-probe":
-            row = shape_probe(tokenizer, dense_dir, steps, batch, max_tokens)
-        elif name == "refit-probe":
-            row = shape_probe(tokenizer, dense_dir, steps, batch, max_tokens, REFIT_PROBE_SHAPES, REFIT_PROBE)
-        elif name == "refit-probe-residual":
-            row = shape_probe(tokenizer, dense_dir, steps, batch, max_tokens, REFIT_PROBE_RESIDUAL_SHAPES,
-                              REFIT_PROBE_RESIDUAL)
-        else:
-            row = shape_probe(tokenizer, dense_dir, steps, batch, max_tokens, REFIT_PROBE_RESIDUAL_SHAPES,
-                              scores=IMPORTANCE_PROBE_SCORES)
+    if name == "oneshot-loss" or name in PROBES:
+        row = (oneshot_losses(tokenizer, dense_dir, recipe, steps, batch, max_tokens) if name == "oneshot-loss" else
+               shape_probe(tokenizer, dense_dir, steps, batch, max_tokens, target=TARGET_PARAMETERS,
+                           settings=COMPRESSION_SETTINGS, **PROBES[name]))
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as handle:
             json.dump(row, handle, indent=2)
