@@ -44,12 +44,21 @@ REFIT_PROBE_RESIDUAL = (None, ("residual", 0.001), ("residual", 0.01), ("residua
 #: activation score and by what each unit writes to the residual stream (unit_score="output": activation x the norm
 #: of its down_proj column), each with RMS ("l2") and mean-absolute ("mean") aggregation over tokens
 IMPORTANCE_PROBE_SCORES = (("activation", "l2"), ("output", "l2"), ("activation", "mean"), ("output", "mean"))
+#: fisher-probe (no training; named before it ran): the 28-layer FFN shape (the runs' shape) with its units picked by
+#: Minitron's activation score and by the loss (unit_score="fisher": the Fisher information of each unit's mask,
+#: hf_prune.fisher_importance) on the same 16 calibration batches — their LM loss on every token, and ("answers")
+#: the answer tokens' loss only, the task the 100 steps train (RMS and mean over sequences). The importance-probe
+#: found no better activation-type score; this asks whether the task's own loss picks better channels
+FISHER_PROBE_SHAPES = {"trimmed": REFIT_PROBE_SHAPES["trimmed"][1:2]}
+FISHER_PROBE_SCORES = (("activation", "l2"), ("fisher", "l2"), ("fisher", "l2", "answers"),
+                       ("fisher", "mean", "answers"))
 #: probe name -> what it builds (shape_probe's keyword arguments)
 PROBES = {
     "shape-probe": dict(shapes=PROBE_SHAPES),
     "refit-probe": dict(shapes=REFIT_PROBE_SHAPES, refits=REFIT_PROBE),
     "refit-probe-residual": dict(shapes=REFIT_PROBE_RESIDUAL_SHAPES, refits=REFIT_PROBE_RESIDUAL),
     "importance-probe": dict(shapes=REFIT_PROBE_RESIDUAL_SHAPES, scores=IMPORTANCE_PROBE_SCORES),
+    "fisher-probe": dict(shapes=FISHER_PROBE_SHAPES, scores=FISHER_PROBE_SCORES),
 }
 
 
@@ -62,8 +71,8 @@ def shape_probe(tokenizer, dense_dir: str, steps: int, batch: int, max_tokens: i
     trimmed-vocabulary shapes are the depth/FFN mixes at <= 90M. Each shape is built
     once per entry of ``refits``: None copies the kept units, ``(weighting, damping)`` refits o_proj/down_proj by
     least squares on the calibration batches, tokens weighted so, with that ridge damping
-    (hf_prune.reconstruction); and once per ``(unit_score, aggregation)`` of ``scores`` (the importance that picks
-    the kept units)."""
+    (hf_prune.reconstruction); and once per ``(unit_score, aggregation[, "answers"])`` of ``scores`` (the importance
+    that picks the kept units; "answers": measured on the calibration examples with answer-only labels)."""
     from transformers import AutoModelForCausalLM
 
     from hf_prune.activation_importance import language_model_loss, measure_importance
@@ -84,7 +93,9 @@ def shape_probe(tokenizer, dense_dir: str, steps: int, batch: int, max_tokens: i
                                  + settings["score_batches"])
         calibration = batches[:settings["max_batches"]]
         scoring = batches[settings["max_batches"]:]
-        importances = {score: measure_importance(model, calibration, aggregation=score[1], unit_score=score[0],
+        answers = answer_batches(train.select(range(settings["max_batches"] * batch)), probe_tokenizer, batch)
+        importances = {score: measure_importance(model, answers if score[2:] == ("answers",) else calibration,
+                                                 aggregation=score[1], unit_score=score[0],
                                                  layer_method=settings["layer_method"])
                        for score in scores}
         grams = {weighting: input_grams(model, calibration, weighting=weighting)
@@ -98,12 +109,14 @@ def shape_probe(tokenizer, dense_dir: str, steps: int, batch: int, max_tokens: i
                 shape = ffn_only_shape(model.config, target, depth=spec["ffn_only_depth"])
             else:
                 shape = dataclasses.replace(original, **spec)
-            for (unit_score, aggregation), importance in importances.items():
+            for (unit_score, aggregation, *labels), importance in importances.items():
                 for refit in refits:
                     weighting, damping = refit or (None, None)
                     small = shrink_to_shape(model, importance, shape, grams.get(weighting), damping or 0.0)
                     rows.append({"vocabulary": vocabulary, "label": label, "shape": shape.describe(),
-                                 "unit_score": unit_score, "aggregation": aggregation, "refit_weighting": weighting,
+                                 "unit_score": unit_score, "aggregation": aggregation,
+                                 "calibration_labels": labels[0] if labels else "every token",
+                                 "refit_weighting": weighting,
                                  "refit_damping": damping, "parameters": sum(p.numel() for p in small.parameters()),
                                  "lm_loss": language_model_loss(small, scoring),
                                  "answer_loss": language_model_loss(small, held_out)})

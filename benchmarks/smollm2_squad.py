@@ -53,7 +53,8 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
   minitron-vocab-ffn-sft  the 28-layer FFN-only start trained on the answers alone (no KD)
   minitron-vocab-ffn-kd-t1  minitron-vocab-ffn-kd with KD at temperature 1 (DISTILLATION_CHANGES)
   minitron-vocab-ffn80-kd  the FFN-only shape at <= 80M (28 layers, FFN 832: past 1.6x decode in llama.cpp)
-  minitron-vocab-ffn-kd-lr4e-4  minitron-vocab-ffn-kd at twice the learning rate (4e-4); -lr1e-4: at half of it (-seed43: its repeat)
+  minitron-vocab-ffn-kd-lr4e-4  minitron-vocab-ffn-kd at twice the learning rate (4e-4); -lr1e-4: at half of it
+                     (-seed43: its repeat)
   minitron-vocab-ffn-allkd  the same start, token KD over every real token (the prompt's paragraph and question
                      as well as the answer: KD_ON_EVERY_TOKEN), hard labels on the answer; -seed43: seed 43
   (the probes' shapes and settings are named in smollm2_probes.py)

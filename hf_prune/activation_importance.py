@@ -18,7 +18,9 @@ value; for heads, the mean norm). Padding positions (``attention_mask == 0``) ar
 ``unit_score="output"`` scores KV groups and FFN channels by what they *write* instead: the norm of the head's
 ``o_proj`` slice applied to its attention output, and the channel's activation times the norm of its ``down_proj``
 column — the size of each unit's contribution to the residual stream (a large activation read by a small output
-column adds little). ``"activation"`` (default) is Minitron's score.
+column adds little). ``unit_score="fisher"`` ranks KV groups, FFN and hidden channels by the loss instead: the
+Fisher information of each unit's mask on the batches' labels (:mod:`hf_prune.fisher_importance`; one backward pass
+per batch). ``"activation"`` (default) is Minitron's score.
 """
 from __future__ import annotations
 
@@ -31,17 +33,18 @@ from typing import Dict, Iterable, Iterator, List, Optional
 import torch
 from torch import nn
 
+from .fisher_importance import batch_labels, fisher_unit_scores
 from .value_checks import short
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnitImportance", "measure_importance", "decoder_parts", "language_model_loss", "LLAMA_FAMILY", "AGGREGATIONS",
-           "LAYER_METHODS", "UNIT_SCORES", "CalibrationPasses"]
+__all__ = ["UnitImportance", "measure_importance", "decoder_parts", "language_model_loss", "LLAMA_FAMILY",
+           "AGGREGATIONS", "LAYER_METHODS", "UNIT_SCORES", "CalibrationPasses"]
 
 #: model types whose decoder layers are Llama's (RMSNorm, GQA attention with q/k/v/o, gated FFN gate/up/down)
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 AGGREGATIONS = ("l2", "mean")
-UNIT_SCORES = ("activation", "output")
+UNIT_SCORES = ("activation", "output", "fisher")
 LAYER_METHODS = ("cosine", "loss")
 
 
@@ -113,8 +116,9 @@ class _Accumulator:
 def measure_importance(model: nn.Module, batches: Iterable[dict], max_batches: int = 16,
                        aggregation: str = "l2", layer_method: str = "cosine",
                        unit_score: str = "activation") -> UnitImportance:
-    """Run up to ``max_batches`` calibration batches (dicts with ``input_ids`` and optionally ``attention_mask``)
-    through ``model`` in eval mode and return every unit's importance (module docstring)."""
+    """Run up to ``max_batches`` calibration batches (dicts with ``input_ids`` and optionally ``attention_mask``;
+    ``labels`` are read by ``unit_score="fisher"`` only) through ``model`` in eval mode and return every unit's
+    importance (module docstring)."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {short(aggregation)}")
     if unit_score not in UNIT_SCORES:
@@ -173,11 +177,14 @@ def measure_importance(model: nn.Module, batches: Iterable[dict], max_batches: i
         ffn = ffn * torch.stack([layer.mlp.down_proj.weight.detach().float().norm(dim=0).to(ffn.device)
                                  for layer in parts.layers])
     hidden = sum(sums.result(key) for key in sums.sums if key.startswith("hidden."))
+    tokens = sums.tokens["hidden.final"]
+    if unit_score == "fisher":
+        with _eval_mode(model):
+            kv_groups, ffn, hidden, tokens = fisher_unit_scores(model, parts, batches, aggregation, _model_inputs)
     if layer_method == "cosine":
         layer_scores = torch.tensor([1.0 - total / max(1, count) for total, count in cosines.values()])
     else:
         layer_scores = _skip_losses(model, parts, batches)
-    tokens = sums.tokens["hidden.final"]
     logger.info("activation importance from %d batches (%d tokens), units by %s, aggregation %s, layers by %s",
                 len(batches), tokens, unit_score, aggregation, layer_method)
     return UnitImportance(kv_groups.cpu(), ffn.cpu(), hidden.cpu(), layer_scores.cpu(), tokens, layer_method,
@@ -243,12 +250,7 @@ def language_model_loss(model: nn.Module, batches: List[dict]) -> float:
     with torch.no_grad(), _eval_mode(model):
         for batch in batches:
             inputs = _model_inputs(model, batch)
-            labels = batch.get("labels")
-            if labels is None:
-                labels = inputs["input_ids"].clone()
-                if "attention_mask" in inputs:
-                    labels[inputs["attention_mask"] == 0] = -100
-            labels = labels.to(inputs["input_ids"].device)
+            labels = batch_labels(inputs, batch)
             logits = model(**inputs).logits[:, :-1].float()
             targets = labels[:, 1:]
             loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),

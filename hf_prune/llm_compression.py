@@ -190,8 +190,10 @@ def compress(model: nn.Module, batches: Iterable[dict], *, target_params: Option
     are most even is taken. The result lists the shapes tried with their sizes and scores. With ``refit``, every
     shape's ``o_proj`` and ``down_proj`` are refit by least squares to the original layers' outputs on the
     calibration batches (:mod:`hf_prune.reconstruction`, ridge ``damping``) instead of copied. ``unit_score``:
-    KV groups and FFN channels ranked by their activations or by what they write to the residual stream
-    (:mod:`hf_prune.activation_importance`)."""
+    KV groups and FFN channels ranked by their activations (``"activation"``), by what they write to the residual
+    stream (``"output"``), or KV groups, FFN and hidden channels by the loss on the calibration batches' ``labels``
+    (``"fisher"``: :mod:`hf_prune.fisher_importance`, one backward pass per batch; see
+    :mod:`hf_prune.activation_importance`)."""
     if (target_params is None) == (shape is None):
         raise ValueError("give exactly one of target_params (a parameter count, e.g. 90e6) and shape (a ModelShape)")
     if not isinstance(refit, bool):

@@ -139,7 +139,7 @@ def test_importance_matches_a_hand_computation():
     torch.testing.assert_close(output.kv_groups[1], by_hand, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(output.ffn_channels[1], channel_writes, atol=1e-5, rtol=1e-5)
     assert output.unit_score == "output" and not torch.allclose(output.ffn_channels[1], importance.ffn_channels[1])
-    with pytest.raises(ValueError, match="unit_score must be one of \\('activation', 'output'\\), got 'weights'"):
+    with pytest.raises(ValueError, match="unit_score must be one of \\('activation', 'output', 'fisher'\\), got 'weights'"):
         measure_importance(model, batches, unit_score="weights")
 
 
