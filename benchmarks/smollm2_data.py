@@ -78,6 +78,37 @@ def sft_dataset(tokenizer, examples: int, max_tokens: int):
     return datasets.Dataset.from_dict(rows)
 
 
+@torch.no_grad()
+def with_teacher_answers(train, teacher, tokenizer, max_tokens: int, batch_size: int = 16):
+    """Sequence-level KD (Kim & Rush, 2016): ``train`` (``sft_dataset`` rows) with each completion replaced by the
+    teacher's greedy answer to the same prompt (at most MAX_NEW_TOKENS, ended by its end-of-turn token), so the
+    student's hard-label target is what the teacher says rather than the gold span. Prompts run in left-padded
+    batches; a row whose prompt and answer would pass ``max_tokens`` keeps its gold answer (counted)."""
+    import datasets
+
+    teacher.eval()
+    eos = tokenizer.eos_token_id
+    prompts = [ids[:mask.index(1)] for ids, mask in zip(train["input_ids"], train["completion_mask"])]
+    rows = {"input_ids": [], "completion_mask": []}
+    kept_gold = 0
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[eos] * (width - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        output = teacher.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                  pad_token_id=eos)[:, width:].tolist()
+        for offset, (prompt, new) in enumerate(zip(chunk, output)):
+            answer = new[:new.index(eos) + 1] if eos in new else new + [eos]
+            if len(prompt) + len(answer) > max_tokens:
+                row = start + offset
+                prompt, answer = prompts[row], train[row]["input_ids"][len(prompts[row]):]
+                kept_gold += 1
+            rows["input_ids"].append(prompt + answer)
+            rows["completion_mask"].append([0] * len(prompt) + [1] * len(answer))
+    return datasets.Dataset.from_dict(rows), kept_gold
+
+
 def eval_questions(tokenizer, count: int, max_tokens: int):
     chosen = []
     for record in load_squad_file(os.path.join(SQUAD, "validation.json")):
