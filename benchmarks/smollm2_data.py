@@ -22,6 +22,7 @@ BASE = os.path.join(WORK, "base")
 SQUAD = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "squad"))
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_NEW_TOKENS = 24
+INSTRUCTION = "Answer with the exact words of the text, as briefly as possible."
 
 
 def fetch_base() -> str:
@@ -51,8 +52,7 @@ def fetch_base() -> str:
 
 
 def prompt_text(tokenizer, context: str, question: str) -> str:
-    messages = [{"role": "user", "content": f"{context}\n\nQuestion: {question}\nAnswer with the exact words of the "
-                                            "text, as briefly as possible."}]
+    messages = [{"role": "user", "content": f"{context}\n\nQuestion: {question}\n{INSTRUCTION}"}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -76,6 +76,51 @@ def sft_dataset(tokenizer, examples: int, max_tokens: int):
         if len(rows["input_ids"]) == examples:
             break
     return datasets.Dataset.from_dict(rows)
+
+
+def multi_question_dataset(tokenizer, sequences: int, max_tokens: int, questions_per_sequence: int):
+    """``sequences`` training rows, each a conversation over one paragraph: the first turn is ``prompt_ids``'s
+    (paragraph, question, instruction), each later user turn one more question of the same paragraph (question and
+    instruction only), every answer + end of turn in the ``completion_mask``. Questions are taken in file order, up
+    to ``questions_per_sequence`` a paragraph and while the row fits ``max_tokens``: the same paragraphs teach
+    several answers for about the price of one prompt. Returns the dataset and the number of questions in it."""
+    import datasets
+
+    def answer_ids(record):
+        return tokenizer(record["answers"]["text"][0] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+
+    def next_turn_ids(question: str):  # what the chat template writes after an answer's end of turn
+        turns = [{"role": "user", "content": "-"}, {"role": "assistant", "content": "+"},
+                 {"role": "user", "content": f"Question: {question}\n{INSTRUCTION}"}]
+        text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        answered = "+" + tokenizer.eos_token
+        return tokenizer(text[text.index(answered) + len(answered):], add_special_tokens=False)["input_ids"]
+
+    rows = {"input_ids": [], "completion_mask": []}
+    questions, ids, mask, context, turns = 0, [], [], None, 0
+    for record in load_squad_file(os.path.join(SQUAD, "train.json")):
+        answer = answer_ids(record)
+        if record["context"] == context and turns < questions_per_sequence:
+            turn = next_turn_ids(record["question"])
+            if len(ids) + len(turn) + len(answer) <= max_tokens:
+                ids, mask, turns = ids + turn + answer, mask + [0] * len(turn) + [1] * len(answer), turns + 1
+                questions += 1
+                continue
+        if ids:  # this record starts a new row: the one before is complete
+            rows["input_ids"].append(ids)
+            rows["completion_mask"].append(mask)
+            if len(rows["input_ids"]) == sequences:
+                return datasets.Dataset.from_dict(rows), questions
+        prompt = list(prompt_ids(tokenizer, record["context"], record["question"]))
+        if len(prompt) + len(answer) > max_tokens:
+            ids, mask, context, turns = [], [], None, 0
+            continue
+        ids, mask, context, turns = prompt + answer, [0] * len(prompt) + [1] * len(answer), record["context"], 1
+        questions += 1
+    if ids:
+        rows["input_ids"].append(ids)
+        rows["completion_mask"].append(mask)
+    return datasets.Dataset.from_dict(rows), questions
 
 
 @torch.no_grad()
