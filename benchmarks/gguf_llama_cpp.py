@@ -16,6 +16,10 @@ the dense tokenizer, each model prompted with its own tokenizer):
   decode milliseconds per token (24 tokens forced).
 
 ``--module``: see ``llama_cpp_api.py`` (a prebuilt llama.cpp; benchmark-only). Writes ``<run>/llama_cpp.json``.
+
+Runs reported in RESULTS.md (``--questions 10``): ``minitron-vocab-ffn-hskd``, ``minitron-vocab-ffn-hskd-400``,
+``minitron-vocab-ffn80-kd``; named before it ran: ``minitron-vocab-ffn-kd-mq5`` (the best <= 90M model, five
+questions a row).
 """
 from __future__ import annotations
 
