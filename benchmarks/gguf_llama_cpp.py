@@ -20,7 +20,7 @@ the dense tokenizer, each model prompted with its own tokenizer):
 Runs reported in RESULTS.md (``--questions 10``): ``minitron-vocab-ffn-hskd``, ``minitron-vocab-ffn-hskd-400``,
 ``minitron-vocab-ffn80-kd``; named before it ran: ``minitron-vocab-ffn-kd-mq5`` (the best <= 90M model, five
 questions a row); then ``minitron-vocab-ffn80-kd-mq5`` (its decode speed on the same machine: 1.38x at 88.6M here
-against 1.42-1.50x on the machine before).
+against 1.42-1.50x on the machine before); then both once more, in the same order (run-to-run spread).
 """
 from __future__ import annotations
 
