@@ -60,6 +60,11 @@ def prompt_ids(tokenizer, context: str, question: str):
     return tokenizer(prompt_text(tokenizer, context, question), add_special_tokens=False)["input_ids"]
 
 
+def answer_ids(tokenizer, record) -> list:
+    """The first gold answer and its end of turn: the positions a training row puts in its loss."""
+    return tokenizer(record["answers"]["text"][0] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+
+
 def sft_dataset(tokenizer, examples: int, max_tokens: int):
     """The first ``examples`` training questions that fit: ``input_ids`` and a ``completion_mask`` (the answer
     and its end-of-turn token are the only positions with a loss)."""
@@ -68,7 +73,7 @@ def sft_dataset(tokenizer, examples: int, max_tokens: int):
     rows = {"input_ids": [], "completion_mask": []}
     for record in load_squad_file(os.path.join(SQUAD, "train.json")):
         prompt = list(prompt_ids(tokenizer, record["context"], record["question"]))
-        answer = tokenizer(record["answers"]["text"][0] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        answer = answer_ids(tokenizer, record)
         if len(prompt) + len(answer) > max_tokens:
             continue
         rows["input_ids"].append(prompt + answer)
@@ -86,9 +91,6 @@ def multi_question_dataset(tokenizer, sequences: int, max_tokens: int, questions
     several answers for about the price of one prompt. Returns the dataset and the number of questions in it."""
     import datasets
 
-    def answer_ids(record):
-        return tokenizer(record["answers"]["text"][0] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-
     def next_turn_ids(question: str):  # what the chat template writes after an answer's end of turn
         turns = [{"role": "user", "content": "-"}, {"role": "assistant", "content": "+"},
                  {"role": "user", "content": f"Question: {question}\n{INSTRUCTION}"}]
@@ -99,7 +101,7 @@ def multi_question_dataset(tokenizer, sequences: int, max_tokens: int, questions
     rows = {"input_ids": [], "completion_mask": []}
     questions, ids, mask, context, turns = 0, [], [], None, 0
     for record in load_squad_file(os.path.join(SQUAD, "train.json")):
-        answer = answer_ids(record)
+        answer = answer_ids(tokenizer, record)
         if record["context"] == context and turns < questions_per_sequence:
             turn = next_turn_ids(record["question"])
             if len(ids) + len(turn) + len(answer) <= max_tokens:
