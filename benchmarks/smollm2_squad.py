@@ -14,7 +14,8 @@ Every run's training arguments, pruning and distillation come from ``recipes/Smo
 recipes' ``max_steps`` (100 of batch 8: the measured dense run takes ~13 s a step on 2 quiet cores, ~22 minutes).
 ``--smoke`` writes under ``benchmarks/runs/smollm2/smoke`` (give a few steps and questions to check the pipeline).
 
-Runs (same step budget each; every pruned run starts from ``dense`` and distils from it):
+Runs (same step budget each; every pruned run starts from ``dense`` and distils from it, unless TEACHER_OF names
+another teacher run):
   instruct           no training: the downloaded instruct model, for scale
   dense              SFT of the base model: the teacher
   wanda-2-4-oneshot  ``dense`` pruned 2:4 by Wanda from 16 calibration batches, no training
@@ -61,6 +62,9 @@ Runs (same step budget each; every pruned run starts from ``dense`` and distils 
                      -seed43: its repeat with training seed 43
   minitron-vocab-ffn80-kd-mq5  the same rows on the <= 80M FFN-only shape (FFN 832; 1.60x decode in llama.cpp);
                      -seed43: its repeat with training seed 43
+  dense-mq5          ``dense`` trained on the multi-question rows instead (MULTI_QUESTION): the teacher of
+  minitron-vocab-ffn80-kd-mq5-tmq5  the <= 80M shape compressed from ``dense-mq5`` and distilled from it on the same
+                     rows (TEACHER_OF; Minitron's teacher correction); -seed43: its repeat with training seed 43
   minitron-vocab-ffn80-kd  the FFN-only shape at <= 80M (28 layers, FFN 832: past 1.6x decode in llama.cpp)
   minitron-vocab-ffn-kd-lr4e-4  minitron-vocab-ffn-kd at twice the learning rate (4e-4); -lr1e-4: at half of it
                      (-seed43: its repeat)
@@ -100,8 +104,8 @@ from smollm2_data import (WORK, calibration_batches, eval_questions, fetch_base,
 from smollm2_probes import PROBES, shape_probe  # noqa: E402
 from smollm2_runs import (COMPRESSION, COMPRESSION_SETTINGS, DISTILLATION_CHANGES, FADE_END_STEP,  # noqa: E402
                           HIDDEN_STATE_KD, KD_ON_EVERY_TOKEN, MULTI_QUESTION, NO_DISTILLATION, NO_TRAINING,
-                          RECIPES, RUN_ARGUMENTS, RUNS, SEQUENCE_KD, TARGET_PARAMETERS,
-                          TEXT_DISTILLATION_STEPS, VOCABULARY)
+                          RECIPES, RUN_ARGUMENTS, RUNS, SEQUENCE_KD, TARGET_PARAMETERS, TEACHER_OF,
+                          TEACHER_RUNS, TEXT_DISTILLATION_STEPS, VOCABULARY)
 
 from hf_prune import Pruner, PruningConfig, PruningTrainerCallback  # noqa: E402
 from hf_prune.distillation import distillation_trainer_class  # noqa: E402
@@ -188,6 +192,17 @@ def oneshot_losses(tokenizer, dense_dir: str, recipe, steps: int, batch: int, ma
     return row
 
 
+def multi_question_rows(name: str, tokenizer, steps: int, batch: int, recipe) -> tuple:
+    """The run's conversations of several questions on one paragraph (MULTI_QUESTION), with the recipe's
+    ``max_length`` raised to theirs; returns the rows and what to report about them."""
+    settings = MULTI_QUESTION[name]
+    train, answers = multi_question_dataset(tokenizer, steps * batch, settings["max_length"],
+                                            settings["questions_per_sequence"])
+    recipe.arguments.max_length = settings["max_length"]
+    return train, dict(multi_question=dict(settings, rows=len(train), answers=answers,
+                                           mean_tokens=sum(map(len, train["input_ids"])) / len(train)))
+
+
 def sft(model, tokenizer, train, recipe, teacher=None, callbacks=()):
     """TRL's SFTTrainer with the recipe's arguments; with a teacher, hf_prune's token KD added to its loss."""
     from trl import SFTTrainer
@@ -216,7 +231,7 @@ def main() -> None:
     torch.manual_seed(42)
     base = fetch_base()
     tokenizer = AutoTokenizer.from_pretrained(base)
-    dense_dir = os.path.join(runs_dir, "dense", "model")
+    dense_dir = os.path.join(runs_dir, TEACHER_OF.get(options.run, "dense"), "model")
     out = os.path.join(runs_dir, options.run)
     name = options.run
     from trl import SFTConfig
@@ -226,8 +241,9 @@ def main() -> None:
     recipe = training_recipe(os.path.join(RECIPES, RUNS.get(name, "2-4.yaml")), SFTConfig, **overrides)
     steps, batch, max_tokens = (recipe.arguments.max_steps, recipe.arguments.per_device_train_batch_size,
                                 recipe.arguments.max_length)
-    if name not in ("instruct", "dense") and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
-        raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run 'dense' first")
+    if name not in ("instruct", *TEACHER_RUNS) and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
+        teacher_run = TEACHER_OF.get(name, "dense")
+        raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run {teacher_run!r} first")
     if name == "oneshot-loss" or name in PROBES:
         row = (oneshot_losses(tokenizer, dense_dir, recipe, steps, batch, max_tokens) if name == "oneshot-loss" else
                shape_probe(tokenizer, dense_dir, steps, batch, max_tokens, target=TARGET_PARAMETERS,
@@ -239,11 +255,12 @@ def main() -> None:
         return
     train = sft_dataset(tokenizer, steps * batch, max_tokens)
     questions = eval_questions(tokenizer, options.questions, max_tokens)
-    untrained = name in ("instruct", "dense")  # start from the downloaded model; the others from the dense SFT one
+    untrained = name in ("instruct", *TEACHER_RUNS)  # from the downloaded model; the others from the dense SFT one
     model = AutoModelForCausalLM.from_pretrained(base if untrained else dense_dir, dtype=torch.float32)
     teacher = None if untrained or name in NO_TRAINING else AutoModelForCausalLM.from_pretrained(
         dense_dir, dtype=torch.float32)
     row = {"run": name, "recipe": RUNS[name], "changed_arguments": RUN_ARGUMENTS.get(name),
+           "teacher": None if untrained or name in NO_TRAINING else TEACHER_OF.get(name, "dense"),
            "steps": 0 if name.endswith("oneshot") or name in NO_TRAINING else steps, "batch": batch}
     started = time.time()
     original_tokenizer, original_questions = tokenizer, questions
@@ -251,10 +268,13 @@ def main() -> None:
         tokenizer, questions, facts = trim_run_vocabulary(model, teacher, tokenizer, questions)
         train = sft_dataset(tokenizer, steps * batch, max_tokens)
         row.update(facts)
-    if name == "dense":
+    if name in TEACHER_RUNS:
+        if name in MULTI_QUESTION:
+            train, facts = multi_question_rows(name, tokenizer, steps, batch, recipe)
+            row.update(facts)
         trainer, metrics = sft(model, tokenizer, train, recipe)
-        model.save_pretrained(dense_dir)
-        tokenizer.save_pretrained(dense_dir)
+        model.save_pretrained(os.path.join(out, "model"))
+        tokenizer.save_pretrained(os.path.join(out, "model"))
     elif name in ("instruct", "dense-vocab"):
         metrics = {}
         if name == "dense-vocab":
@@ -316,12 +336,8 @@ def main() -> None:
         if name in NO_DISTILLATION:
             row.update(distillation="none: SFT on the answers alone")
         if name in MULTI_QUESTION:
-            settings = MULTI_QUESTION[name]
-            train, answers = multi_question_dataset(tokenizer, steps * batch, settings["max_length"],
-                                                    settings["questions_per_sequence"])
-            recipe.arguments.max_length = settings["max_length"]
-            row.update(multi_question=dict(settings, rows=len(train), answers=answers,
-                                           mean_tokens=sum(map(len, train["input_ids"])) / len(train)))
+            train, facts = multi_question_rows(name, tokenizer, steps, batch, recipe)
+            row.update(facts)
         if name in SEQUENCE_KD:
             generated = time.time()
             gold = train
