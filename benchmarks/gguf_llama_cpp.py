@@ -20,7 +20,9 @@ the dense tokenizer, each model prompted with its own tokenizer):
 Runs reported in RESULTS.md (``--questions 10``): ``minitron-vocab-ffn-hskd``, ``minitron-vocab-ffn-hskd-400``,
 ``minitron-vocab-ffn80-kd``; named before it ran: ``minitron-vocab-ffn-kd-mq5`` (the best <= 90M model, five
 questions a row); then ``minitron-vocab-ffn80-kd-mq5`` (its decode speed on the same machine: 1.38x at 88.6M here
-against 1.42-1.50x on the machine before); then both once more, in the same order (run-to-run spread).
+against 1.42-1.50x on the machine before); then both once more, in the same order (run-to-run spread). Then
+``minitron-vocab-ffn80-kd-mq5-tmq5`` (the 79.3M shape distilled from the teacher trained on the same rows), then
+``minitron-vocab-ffn80-kd-mq5`` (the same shape, the same hour), then ``minitron-vocab-ffn80-kd-mq5-tmq5`` again.
 """
 from __future__ import annotations
 
