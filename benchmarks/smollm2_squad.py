@@ -14,13 +14,13 @@ Every run's training arguments, pruning and distillation come from ``recipes/Smo
 recipes' ``max_steps`` (100 of batch 8: the measured dense run takes ~13 s a step on 2 quiet cores, ~22 minutes).
 ``--smoke`` writes under ``benchmarks/runs/smollm2/smoke`` (give a few steps and questions to check the pipeline).
 
-Runs (same step budget each; every pruned run starts from ``dense`` and distils from it, unless TEACHER_OF names
-another teacher run):
+Runs (same step budget each; every pruned run starts from ``dense`` and distils from it, unless its record
+names another teacher run):
   instruct           no training: the downloaded instruct model, for scale
   dense              SFT of the base model: the teacher
   wanda-2-4-oneshot  ``dense`` pruned 2:4 by Wanda from 16 calibration batches, no training
   wanda-2-4-kd       the same one-shot start at step 0, then recovery with the mask fixed and token KD
-  wanda-2-4-kd-lr4x  the same with a 4x higher learning rate, held until the last 30 steps (RUN_ARGUMENTS);
+  wanda-2-4-kd-lr4x  the same with a 4x higher learning rate, held until the last 30 steps;
                      wanda-2-4-kd-lr4x-seed43: the same with seed 43
   wanda-50-oneshot   / wanda-50-kd: the same with 50 % unstructured (1x1)
   slim-kd            heads (1/3 of the KV groups) + FFN channels (0.5) pruned gradually with KD, then removed
@@ -48,28 +48,28 @@ another teacher run):
   minitron-vocab-ffn-kd  the same vocabulary, then FFN channels (and 2 layers) only: every head and the full hidden
                      size kept (28 layers, FFN 1024: shape-probe's lowest one-shot answer loss), then token KD;
                      minitron-vocab-ffn-kd-seed43: the same with training seed 43
-  minitron-vocab-ffn-hskd  the same start, token KD plus hidden-state KD (channel_mse, HIDDEN_STATE_KD): each kept layer
+  minitron-vocab-ffn-hskd  the same start, token KD plus hidden-state KD (channel_mse): each kept layer
                      follows the teacher layer it was copied from; minitron-vocab-ffn-hskd-seed43: the same with
                      training seed 43; minitron-vocab-ffn-hskd-400: the same at 4x the budget (400 steps)
   minitron-vocab-ffn-sft  the 28-layer FFN-only start trained on the answers alone (no KD)
-  minitron-vocab-ffn-kd-t1  minitron-vocab-ffn-kd with KD at temperature 1 (DISTILLATION_CHANGES); -t4: at 4;
+  minitron-vocab-ffn-kd-t1  minitron-vocab-ffn-kd with KD at temperature 1; -t4: at 4;
                      minitron-vocab-ffn-kd-only: KD without the hard-label loss
   minitron-vocab-ffn-hskd-400-seed43  minitron-vocab-ffn-hskd-400 with training seed 43
   minitron-vocab-ffn-seqkd  the same start and KD, the answers being the dense teacher's greedy answers to the
-                     training prompts instead of the gold spans (SEQUENCE_KD)
+                     training prompts instead of the gold spans (sequence-level KD)
   minitron-vocab-ffn-kd-mq5  the same start and KD, each training row a conversation of up to five questions on
-                     one paragraph (MULTI_QUESTION): 800 rows, ~4x the answers, ~1.8x the tokens of one question a row;
+                     one paragraph (MQ5): 800 rows, ~4x the answers, ~1.8x the tokens of one question a row;
                      -seed43: its repeat with training seed 43
   minitron-vocab-ffn80-kd-mq5  the same rows on the <= 80M FFN-only shape (FFN 832; 1.60x decode in llama.cpp);
                      -seed43: its repeat with training seed 43
-  dense-mq5          ``dense`` trained on the multi-question rows instead (MULTI_QUESTION): the teacher of
+  dense-mq5          ``dense`` trained on the multi-question rows instead (MQ5): the teacher of
   minitron-vocab-ffn80-kd-mq5-tmq5  the <= 80M shape compressed from ``dense-mq5`` and distilled from it on the same
-                     rows (TEACHER_OF; Minitron's teacher correction); -seed43: its repeat with training seed 43
+                     rows (Minitron's teacher correction); -seed43: its repeat with training seed 43
   minitron-vocab-ffn80-kd  the FFN-only shape at <= 80M (28 layers, FFN 832: past 1.6x decode in llama.cpp)
   minitron-vocab-ffn-kd-lr4e-4  minitron-vocab-ffn-kd at twice the learning rate (4e-4); -lr1e-4: at half of it
                      (-seed43: its repeat)
   minitron-vocab-ffn-allkd  the same start, token KD over every real token (the prompt's paragraph and question
-                     as well as the answer: KD_ON_EVERY_TOKEN), hard labels on the answer; -seed43: seed 43
+                     as well as the answer), hard labels on the answer; -seed43: seed 43
   (the probes' shapes and settings are named in smollm2_probes.py)
   shape-probe        no training: one-shot starts scored by the search's LM loss and by the answer loss of held-out
                      examples (PROBE_SHAPES)
@@ -80,7 +80,8 @@ another teacher run):
   Each minitron run also reports perplexity on held-out Wikipedia paragraphs (contexts of validation.json), batch-1
   prefill/decode speed against the dense model (alternating), and whether a process without hf_prune loads the
   saved folder with AutoModelForCausalLM and generates the same greedy tokens.
-Each run's recipe and settings (the upper-case tables named above) are in smollm2_runs.py.
+Each run's recipe and settings (one ``Run`` record a run, and the shared settings it names) are in
+smollm2_runs.py.
 """
 from __future__ import annotations
 
@@ -102,22 +103,19 @@ from smollm2_data import (WORK, calibration_batches, eval_questions, fetch_base,
                           multi_question_dataset, sft_dataset, text_dataset, trim_run_vocabulary,
                           with_teacher_answers)
 from smollm2_probes import PROBES, shape_probe  # noqa: E402
-from smollm2_runs import (COMPRESSION, COMPRESSION_SETTINGS, DISTILLATION_CHANGES, FADE_END_STEP,  # noqa: E402
-                          HIDDEN_STATE_KD, KD_ON_EVERY_TOKEN, MULTI_QUESTION, NO_DISTILLATION, NO_TRAINING,
-                          RECIPES, RUN_ARGUMENTS, RUNS, SEQUENCE_KD, TARGET_PARAMETERS, TEACHER_OF,
-                          TEACHER_RUNS, TEXT_DISTILLATION_STEPS, VOCABULARY)
+from smollm2_runs import COMPRESSION_SETTINGS, RECIPES, RUNS, TARGET_PARAMETERS, TWO_FOUR, Run  # noqa: E402
 
 from hf_prune import Pruner, PruningConfig, PruningTrainerCallback  # noqa: E402
 from hf_prune.distillation import distillation_trainer_class  # noqa: E402
 from hf_prune.recipe import training_recipe  # noqa: E402
 
 
-def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
+def compress_dense(model, train, tokenizer, batch: int, compression: dict) -> tuple:
     """``model`` compressed to <= TARGET_PARAMETERS as the run asks; returns (CompressionResult, row facts)."""
     from hf_prune.llm_compression import compress
     from hf_prune.model_shape import candidate_shapes
 
-    settings = dict(COMPRESSION[name])
+    settings = dict(compression)
     batches = masked_batches(train, tokenizer, batch, COMPRESSION_SETTINGS["max_batches"]
                              + COMPRESSION_SETTINGS["score_batches"])
     target = settings.pop("target_params", TARGET_PARAMETERS)
@@ -138,7 +136,7 @@ def compress_dense(model, train, tokenizer, batch: int, name: str) -> tuple:
         settings.update(search=True, shapes=shapes[:1])
     started = time.time()
     result = compress(model, batches, **size, **settings, **COMPRESSION_SETTINGS)
-    facts = {"compression": dict(COMPRESSION[name], **COMPRESSION_SETTINGS, target_params=target),
+    facts = {"compression": dict(compression, **COMPRESSION_SETTINGS, target_params=target),
              "shape": dataclasses.asdict(result.shape), "shape_described": result.shape.describe(),
              "parameters_before": result.parameters_before, "compression_seconds": time.time() - started,
              "candidates": [{"shape": shape.describe(), "parameters": count, "calibration_loss": loss}
@@ -192,10 +190,9 @@ def oneshot_losses(tokenizer, dense_dir: str, recipe, steps: int, batch: int, ma
     return row
 
 
-def multi_question_rows(name: str, tokenizer, steps: int, batch: int, recipe) -> tuple:
-    """The run's conversations of several questions on one paragraph (MULTI_QUESTION), with the recipe's
+def multi_question_rows(settings: dict, tokenizer, steps: int, batch: int, recipe) -> tuple:
+    """The run's conversations of several questions on one paragraph (``Run.multi_question``), with the recipe's
     ``max_length`` raised to theirs; returns the rows and what to report about them."""
-    settings = MULTI_QUESTION[name]
     train, answers = multi_question_dataset(tokenizer, steps * batch, settings["max_length"],
                                             settings["questions_per_sequence"])
     recipe.arguments.max_length = settings["max_length"]
@@ -231,19 +228,20 @@ def main() -> None:
     torch.manual_seed(42)
     base = fetch_base()
     tokenizer = AutoTokenizer.from_pretrained(base)
-    dense_dir = os.path.join(runs_dir, TEACHER_OF.get(options.run, "dense"), "model")
-    out = os.path.join(runs_dir, options.run)
     name = options.run
+    run = RUNS.get(name, Run(TWO_FOUR))  # the probes and oneshot-loss read 2-4.yaml's batch and lengths
+    dense_dir = os.path.join(runs_dir, run.teacher, "model")
+    out = os.path.join(runs_dir, name)
     from trl import SFTConfig
 
     overrides = dict(output_dir=os.path.join(out, "trainer"), use_cpu=True, save_strategy="no", disable_tqdm=False)
-    overrides.update(RUN_ARGUMENTS.get(name, {}), **({"max_steps": options.steps} if options.steps else {}))
-    recipe = training_recipe(os.path.join(RECIPES, RUNS.get(name, "2-4.yaml")), SFTConfig, **overrides)
+    overrides.update(run.arguments, **({"max_steps": options.steps} if options.steps else {}))
+    recipe = training_recipe(os.path.join(RECIPES, run.recipe), SFTConfig, **overrides)
     steps, batch, max_tokens = (recipe.arguments.max_steps, recipe.arguments.per_device_train_batch_size,
                                 recipe.arguments.max_length)
-    if name not in ("instruct", *TEACHER_RUNS) and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
-        teacher_run = TEACHER_OF.get(name, "dense")
-        raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run {teacher_run!r} first")
+    untrained = name == "instruct" or run.saves_teacher  # from the downloaded model; the others from a teacher run
+    if not untrained and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
+        raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run {run.teacher!r} first")
     if name == "oneshot-loss" or name in PROBES:
         row = (oneshot_losses(tokenizer, dense_dir, recipe, steps, batch, max_tokens) if name == "oneshot-loss" else
                shape_probe(tokenizer, dense_dir, steps, batch, max_tokens, target=TARGET_PARAMETERS,
@@ -255,22 +253,21 @@ def main() -> None:
         return
     train = sft_dataset(tokenizer, steps * batch, max_tokens)
     questions = eval_questions(tokenizer, options.questions, max_tokens)
-    untrained = name in ("instruct", *TEACHER_RUNS)  # from the downloaded model; the others from the dense SFT one
     model = AutoModelForCausalLM.from_pretrained(base if untrained else dense_dir, dtype=torch.float32)
-    teacher = None if untrained or name in NO_TRAINING else AutoModelForCausalLM.from_pretrained(
+    teacher = None if untrained or not run.trains else AutoModelForCausalLM.from_pretrained(
         dense_dir, dtype=torch.float32)
-    row = {"run": name, "recipe": RUNS[name], "changed_arguments": RUN_ARGUMENTS.get(name),
-           "teacher": None if untrained or name in NO_TRAINING else TEACHER_OF.get(name, "dense"),
-           "steps": 0 if name.endswith("oneshot") or name in NO_TRAINING else steps, "batch": batch}
+    row = {"run": name, "recipe": run.recipe, "changed_arguments": run.arguments or None,
+           "teacher": None if teacher is None else run.teacher,
+           "steps": 0 if name.endswith("oneshot") or not run.trains else steps, "batch": batch}
     started = time.time()
     original_tokenizer, original_questions = tokenizer, questions
-    if name in VOCABULARY:  # the student and its teacher get the training split's vocabulary before anything else
+    if run.vocabulary:  # the student and its teacher get the training split's vocabulary before anything else
         tokenizer, questions, facts = trim_run_vocabulary(model, teacher, tokenizer, questions)
         train = sft_dataset(tokenizer, steps * batch, max_tokens)
         row.update(facts)
-    if name in TEACHER_RUNS:
-        if name in MULTI_QUESTION:
-            train, facts = multi_question_rows(name, tokenizer, steps, batch, recipe)
+    if run.saves_teacher:
+        if run.multi_question:
+            train, facts = multi_question_rows(run.multi_question, tokenizer, steps, batch, recipe)
             row.update(facts)
         trainer, metrics = sft(model, tokenizer, train, recipe)
         model.save_pretrained(os.path.join(out, "model"))
@@ -302,50 +299,47 @@ def main() -> None:
         row["merged_layers_exactly_2_4"] = sum(is_two_four(w) for w in layers.values())
         row["merged_layers"] = len(layers)
     elif name.startswith("minitron"):
-        trimmed = name in VOCABULARY
+        trimmed = run.vocabulary
         reference = original_tokenizer if trimmed else None
-        result, facts = compress_dense(model, train, tokenizer, batch, name)
+        result, facts = compress_dense(model, train, tokenizer, batch, run.compression)
         dense = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32) if trimmed else teacher
         row.update(facts, oneshot_wikipedia_perplexity=wikipedia_perplexity(result.model, tokenizer,
                                                                             reference=reference))
         fade = None
-        if name in FADE_END_STEP:  # the same layers leave gradually: the full-depth model trains while they fade
+        if run.fade_end_step is not None:  # the same layers leave gradually: the full-depth model trains while they fade
             from hf_prune.layer_fading import LayerFadeCallback
             from hf_prune.llm_compression import kept_units
 
             kept = kept_units(result.importance, result.shape).layers
             fade = LayerFadeCallback(model, [i for i in range(model.config.num_hidden_layers) if i not in kept],
-                                     end_step=min(FADE_END_STEP[name], steps))  # --smoke: a few steps
+                                     end_step=min(run.fade_end_step, steps))  # --smoke: a few steps
             row.update(faded_layers=fade.layers, fade_end_step=fade.end_step)
         else:
             model = result.model
-        if name in KD_ON_EVERY_TOKEN:
-            recipe = recipe._replace(distillation=dataclasses.replace(recipe.distillation, kd_tokens="all"))
-            row.update(kd_tokens="all")
-        if name in DISTILLATION_CHANGES:
+        if run.distillation_changes:
             recipe = recipe._replace(distillation=dataclasses.replace(recipe.distillation,
-                                                                      **DISTILLATION_CHANGES[name]))
-            row.update(distillation_changes=DISTILLATION_CHANGES[name])
-        if name in HIDDEN_STATE_KD:
+                                                                      **run.distillation_changes))
+            row.update(distillation_changes=run.distillation_changes)
+        if run.hidden_state_kd:
             recipe = recipe._replace(distillation=dataclasses.replace(
-                recipe.distillation, layer_map=result.layer_map(), **HIDDEN_STATE_KD[name]))
-            row.update(hidden_state_kd=dict(HIDDEN_STATE_KD[name], layer_map=result.layer_map()))
-        if name in TEXT_DISTILLATION_STEPS:
-            row.update(distil_on_text(model, teacher, tokenizer, recipe, TEXT_DISTILLATION_STEPS[name]),
+                recipe.distillation, layer_map=result.layer_map(), **run.hidden_state_kd))
+            row.update(hidden_state_kd=dict(run.hidden_state_kd, layer_map=result.layer_map()))
+        if run.text_distillation_steps:
+            row.update(distil_on_text(model, teacher, tokenizer, recipe, run.text_distillation_steps),
                        text_distilled_wikipedia_perplexity=wikipedia_perplexity(model, tokenizer))
-        if name in NO_DISTILLATION:
+        if not run.distils:
             row.update(distillation="none: SFT on the answers alone")
-        if name in MULTI_QUESTION:
-            train, facts = multi_question_rows(name, tokenizer, steps, batch, recipe)
+        if run.multi_question:
+            train, facts = multi_question_rows(run.multi_question, tokenizer, steps, batch, recipe)
             row.update(facts)
-        if name in SEQUENCE_KD:
+        if run.sequence_kd:
             generated = time.time()
             gold = train
             train, kept_gold = with_teacher_answers(gold, teacher, tokenizer, max_tokens)
             row.update(teacher_answers=dict(rows=len(train), kept_gold=kept_gold, seconds=time.time() - generated,
                                             same_as_gold=sum(a == b for a, b in zip(train["input_ids"],
                                                                                     gold["input_ids"]))))
-        trainer, metrics = sft(model, tokenizer, train, recipe, None if name in NO_DISTILLATION else teacher,
+        trainer, metrics = sft(model, tokenizer, train, recipe, teacher if run.distils else None,
                                [fade] if fade else [])
         if fade is not None:
             model = fade.remove_faded_layers()
