@@ -67,6 +67,8 @@ FFN = dict(ffn_only_depth=28)
 #: at FFN 1024 (88.6M), 1.54x at 928 (84.0M), 1.64x at 832 (79.3M), 1.69x at 768, 1.73x at 704: the largest 28-layer
 #: FFN-only shape past the issue's 1.6x is FFN 832, i.e. target 80M
 FFN80 = dict(ffn_only_depth=28, target_params=80e6)
+#: the next FFN step down: FFN 768, 76.2M parameters (1.69x decode in llama_cpp_shapes.py on the machine before)
+FFN77 = dict(ffn_only_depth=28, target_params=77e6)
 #: channel_mse, not MSE or cosine: on the one-shot 28-layer FFN shape of the base model (2 training batches of 8) 3 of
 #: 576 residual channels hold 98.8 % of the squared norm from hidden_states[12] on, so the per-element MSE jumps from
 #: 3.4 to 79 there and the cosine distance (mean 0.07) is mostly those channels too; channel_mse, each channel scaled by
@@ -197,5 +199,13 @@ RUNS: Dict[str, Run] = {
     "dense-mq5": Run(DENSE, saves_teacher=True, multi_question=MQ5),
     "minitron-vocab-ffn80-kd-mq5-tmq5": _vocab_ffn(FFN80, multi_question=MQ5, teacher="dense-mq5"),
     "minitron-vocab-ffn80-kd-mq5-tmq5-seed43": _vocab_ffn(FFN80, multi_question=MQ5, teacher="dense-mq5",
+                                                         arguments=dict(seed=43)),
+    # dense-mq5 ran (2026-12-06): F1 55.34 / EM 46.0 (dense: 52.84 / 42.0); minitron-vocab-ffn80-kd-mq5-tmq5: F1 46.95
+    # (42.28 from dense, same seed). Its llama.cpp decode against dense on this machine was 1.61x in this hour's three
+    # runs and 1.54x in two runs the session before: the goal's 1.6x lies inside the spread of that shape. The next
+    # FFN step down (768, 76.2M: target 77M) decoded 1.69x on the machine before (llama_cpp_shapes.py); the same rows
+    # and corrected teacher, to see whether that margin on speed keeps F1 >= 45
+    "minitron-vocab-ffn77-kd-mq5-tmq5": _vocab_ffn(FFN77, multi_question=MQ5, teacher="dense-mq5"),
+    "minitron-vocab-ffn77-kd-mq5-tmq5-seed43": _vocab_ffn(FFN77, multi_question=MQ5, teacher="dense-mq5",
                                                          arguments=dict(seed=43)),
 }
