@@ -64,7 +64,7 @@ names another teacher run):
                      -seed43: its repeat with training seed 43
   dense-mq5          ``dense`` trained on the multi-question rows instead (MQ5): the teacher of
   minitron-vocab-ffn80-kd-mq5-tmq5  the <= 80M shape compressed from ``dense-mq5`` and distilled from it on the same
-                     rows (Minitron's teacher correction); -seed43: its repeat with training seed 43
+                     rows (Minitron's teacher correction); -seed43 / -seed44: its repeats with training seeds 43, 44
   minitron-vocab-ffn77-kd-mq5-tmq5  the same at the next FFN step down (FFN 768, 76.2M); -seed43: seed 43
   minitron-vocab-ffn80-kd  the FFN-only shape at <= 80M (28 layers, FFN 832: past 1.6x decode in llama.cpp)
   minitron-vocab-ffn-kd-lr4e-4  minitron-vocab-ffn-kd at twice the learning rate (4e-4); -lr1e-4: at half of it
