@@ -231,7 +231,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     name = options.run
     run = RUNS.get(name, Run(TWO_FOUR))  # the probes and oneshot-loss read 2-4.yaml's batch and lengths
-    dense_dir = os.path.join(runs_dir, run.teacher, "model")
+    teacher_dir = os.path.join(runs_dir, run.teacher, "model")
     out = os.path.join(runs_dir, name)
     from trl import SFTConfig
 
@@ -241,11 +241,11 @@ def main() -> None:
     steps, batch, max_tokens = (recipe.arguments.max_steps, recipe.arguments.per_device_train_batch_size,
                                 recipe.arguments.max_length)
     untrained = name == "instruct" or run.saves_teacher  # from the downloaded model; the others from a teacher run
-    if not untrained and not os.path.isfile(os.path.join(dense_dir, "model.safetensors")):
+    if not untrained and not os.path.isfile(os.path.join(teacher_dir, "model.safetensors")):
         raise SystemExit(f"run {name!r} starts from (and distils from) the dense SFT model: run {run.teacher!r} first")
     if name == "oneshot-loss" or name in PROBES:
-        row = (oneshot_losses(tokenizer, dense_dir, recipe, steps, batch, max_tokens) if name == "oneshot-loss" else
-               shape_probe(tokenizer, dense_dir, steps, batch, max_tokens, target=TARGET_PARAMETERS,
+        row = (oneshot_losses(tokenizer, teacher_dir, recipe, steps, batch, max_tokens) if name == "oneshot-loss" else
+               shape_probe(tokenizer, teacher_dir, steps, batch, max_tokens, target=TARGET_PARAMETERS,
                            settings=COMPRESSION_SETTINGS, **PROBES[name]))
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as handle:
@@ -254,9 +254,9 @@ def main() -> None:
         return
     train = sft_dataset(tokenizer, steps * batch, max_tokens)
     questions = eval_questions(tokenizer, options.questions, max_tokens)
-    model = AutoModelForCausalLM.from_pretrained(base if untrained else dense_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base if untrained else teacher_dir, dtype=torch.float32)
     teacher = None if untrained or not run.trains else AutoModelForCausalLM.from_pretrained(
-        dense_dir, dtype=torch.float32)
+        teacher_dir, dtype=torch.float32)
     row = {"run": name, "recipe": run.recipe, "changed_arguments": run.arguments or None,
            "teacher": None if teacher is None else run.teacher,
            "steps": 0 if name.endswith("oneshot") or not run.trains else steps, "batch": batch}
@@ -303,11 +303,11 @@ def main() -> None:
         trimmed = run.vocabulary
         reference = original_tokenizer if trimmed else None
         result, facts = compress_dense(model, train, tokenizer, batch, run.compression)
-        dense = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32) if trimmed else teacher
+        dense = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32) if trimmed else teacher
         row.update(facts, oneshot_wikipedia_perplexity=wikipedia_perplexity(result.model, tokenizer,
                                                                             reference=reference))
         fade = None
-        if run.fade_end_step is not None:  # the same layers leave gradually: the full-depth model trains while they fade
+        if run.fade_end_step is not None:  # the layers leave gradually: the full-depth model trains while they fade
             from hf_prune.layer_fading import LayerFadeCallback
             from hf_prune.llm_compression import kept_units
 
