@@ -23,6 +23,7 @@ questions a row); then ``minitron-vocab-ffn80-kd-mq5`` (its decode speed on the 
 against 1.42-1.50x on the machine before); then both once more, in the same order (run-to-run spread). Then
 ``minitron-vocab-ffn80-kd-mq5-tmq5`` (the 79.3M shape distilled from the teacher trained on the same rows), then
 ``minitron-vocab-ffn80-kd-mq5`` (the same shape, the same hour), then ``minitron-vocab-ffn80-kd-mq5-tmq5`` again.
+Then ``minitron-vocab-ffn77-kd-mq5-tmq5`` (76.2M) and ``minitron-vocab-ffn80-kd-mq5-tmq5`` once more, in that order.
 """
 from __future__ import annotations
 
