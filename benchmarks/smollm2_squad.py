@@ -62,7 +62,7 @@ names another teacher run):
                      -seed43: its repeat with training seed 43
   minitron-vocab-ffn80-kd-mq5  the same rows on the <= 80M FFN-only shape (FFN 832; 1.60x decode in llama.cpp);
                      -seed43: its repeat with training seed 43
-  dense-mq5          ``dense`` trained on the multi-question rows instead (MQ5): the teacher of
+  dense-mq5          ``dense`` trained on the multi-question rows instead (MQ5): the teacher of the -tmq5 runs
   minitron-vocab-ffn80-kd-mq5-tmq5  the <= 80M shape compressed from ``dense-mq5`` and distilled from it on the same
                      rows (Minitron's teacher correction); -seed43 / -seed44: its repeats with training seeds 43, 44
   minitron-vocab-ffn77-kd-mq5-tmq5  the same at the next FFN step down (FFN 768, 76.2M); -seed43: seed 43
