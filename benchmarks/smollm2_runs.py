@@ -214,3 +214,8 @@ RUNS: Dict[str, Run] = {
     "minitron-vocab-ffn80-kd-mq5-tmq5-seed44": _vocab_ffn(FFN80, multi_question=MQ5, teacher="dense-mq5",
                                                          arguments=dict(seed=44)),
 }
+
+_unknown_teachers = {name: run.teacher for name, run in RUNS.items()
+                     if run.teacher not in RUNS or not RUNS[run.teacher].saves_teacher}
+if _unknown_teachers:
+    raise ValueError(f"runs whose teacher is not a run that saves a teacher: {_unknown_teachers}")
