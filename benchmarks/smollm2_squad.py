@@ -299,7 +299,7 @@ def main() -> None:
         layers = {n: m.weight for n, m in model.named_modules() if n.endswith(("_proj",)) and hasattr(m, "weight")}
         row["merged_layers_exactly_2_4"] = sum(is_two_four(w) for w in layers.values())
         row["merged_layers"] = len(layers)
-    elif name.startswith("minitron"):
+    elif run.compression is not None:  # a minitron run: compressed to a stock shape, then recovered
         trimmed = run.vocabulary
         reference = original_tokenizer if trimmed else None
         result, facts = compress_dense(model, train, tokenizer, batch, run.compression)
