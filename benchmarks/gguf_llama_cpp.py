@@ -24,6 +24,8 @@ against 1.42-1.50x on the machine before); then both once more, in the same orde
 ``minitron-vocab-ffn80-kd-mq5-tmq5`` (the 79.3M shape distilled from the teacher trained on the same rows), then
 ``minitron-vocab-ffn80-kd-mq5`` (the same shape, the same hour), then ``minitron-vocab-ffn80-kd-mq5-tmq5`` again.
 Then ``minitron-vocab-ffn77-kd-mq5-tmq5`` (76.2M) and ``minitron-vocab-ffn80-kd-mq5-tmq5`` once more, in that order.
+Then each ``-mq5x2-tmq5`` run that trained (two paragraphs' conversations a row), once each after its training, and
+``minitron-vocab-ffn77-kd-mq5-tmq5`` beside them in the same hour (the same shape, the hour's spread).
 """
 from __future__ import annotations
 

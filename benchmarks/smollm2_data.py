@@ -83,29 +83,39 @@ def sft_dataset(tokenizer, examples: int, max_tokens: int):
     return datasets.Dataset.from_dict(rows)
 
 
-def multi_question_dataset(tokenizer, sequences: int, max_tokens: int, questions_per_sequence: int):
-    """``sequences`` training rows, each a conversation over one paragraph: the first turn is ``prompt_ids``'s
-    (paragraph, question, instruction), each later user turn one more question of the same paragraph (question and
-    instruction only), every answer + end of turn in the ``completion_mask``. Questions are taken in file order, up
-    to ``questions_per_sequence`` a paragraph and while the row fits ``max_tokens``: the same paragraphs teach
-    several answers for about the price of one prompt. Returns the dataset and the number of questions in it."""
+def multi_question_dataset(tokenizer, sequences: int, max_tokens: int, questions_per_sequence: int,
+                           paragraphs_per_sequence: int = 1):
+    """``sequences`` training rows, each a conversation: the first turn is ``prompt_ids``'s (paragraph, question,
+    instruction), each later user turn one more question of the same paragraph (question and instruction only), every
+    answer + end of turn in the ``completion_mask``. Questions are taken in file order, up to
+    ``questions_per_sequence`` a paragraph and while the row fits ``max_tokens``: the same paragraphs teach several
+    answers for about the price of one prompt. With ``paragraphs_per_sequence`` > 1 the conversation goes on with the
+    next paragraph as a new user turn written like the first (paragraph, question, instruction) while the row fits.
+    Returns the dataset and the number of questions in it."""
     import datasets
 
-    def next_turn_ids(question: str):  # what the chat template writes after an answer's end of turn
+    def next_turn_ids(content: str):  # what the chat template writes after an answer's end of turn
         turns = [{"role": "user", "content": "-"}, {"role": "assistant", "content": "+"},
-                 {"role": "user", "content": f"Question: {question}\n{INSTRUCTION}"}]
+                 {"role": "user", "content": content}]
         text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
         answered = "+" + tokenizer.eos_token
         return tokenizer(text[text.index(answered) + len(answered):], add_special_tokens=False)["input_ids"]
 
     rows = {"input_ids": [], "completion_mask": []}
-    questions, ids, mask, context, turns = 0, [], [], None, 0
+    questions, ids, mask, context, turns, paragraphs = 0, [], [], None, 0, 0
     for record in load_squad_file(os.path.join(SQUAD, "train.json")):
         answer = answer_ids(tokenizer, record)
         if record["context"] == context and turns < questions_per_sequence:
-            turn = next_turn_ids(record["question"])
+            turn = next_turn_ids(f"Question: {record['question']}\n{INSTRUCTION}")
             if len(ids) + len(turn) + len(answer) <= max_tokens:
                 ids, mask, turns = ids + turn + answer, mask + [0] * len(turn) + [1] * len(answer), turns + 1
+                questions += 1
+                continue
+        if ids and paragraphs < paragraphs_per_sequence:  # the conversation goes on with this paragraph
+            turn = next_turn_ids(f"{record['context']}\n\nQuestion: {record['question']}\n{INSTRUCTION}")
+            if len(ids) + len(turn) + len(answer) <= max_tokens:
+                ids, mask = ids + turn + answer, mask + [0] * len(turn) + [1] * len(answer)
+                context, turns, paragraphs = record["context"], 1, paragraphs + 1
                 questions += 1
                 continue
         if ids:  # this record starts a new row: the one before is complete
@@ -115,9 +125,10 @@ def multi_question_dataset(tokenizer, sequences: int, max_tokens: int, questions
                 return datasets.Dataset.from_dict(rows), questions
         prompt = list(prompt_ids(tokenizer, record["context"], record["question"]))
         if len(prompt) + len(answer) > max_tokens:
-            ids, mask, context, turns = [], [], None, 0
+            ids, mask, context, turns, paragraphs = [], [], None, 0, 0
             continue
         ids, mask, context, turns = prompt + answer, [0] * len(prompt) + [1] * len(answer), record["context"], 1
+        paragraphs = 1
         questions += 1
     if ids:
         rows["input_ids"].append(ids)

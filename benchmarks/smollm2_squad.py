@@ -192,10 +192,11 @@ def oneshot_losses(tokenizer, dense_dir: str, recipe, steps: int, batch: int, ma
 
 
 def multi_question_rows(settings: dict, tokenizer, steps: int, batch: int, recipe) -> tuple:
-    """The run's conversations of several questions on one paragraph (``Run.multi_question``), with the recipe's
+    """The run's conversations of several questions a paragraph (``Run.multi_question``), with the recipe's
     ``max_length`` raised to theirs; returns the rows and what to report about them."""
     train, answers = multi_question_dataset(tokenizer, steps * batch, settings["max_length"],
-                                            settings["questions_per_sequence"])
+                                            settings["questions_per_sequence"],
+                                            settings.get("paragraphs_per_sequence", 1))
     recipe.arguments.max_length = settings["max_length"]
     return train, dict(multi_question=dict(settings, rows=len(train), answers=answers,
                                            mean_tokens=sum(map(len, train["input_ids"])) / len(train)))
