@@ -226,9 +226,8 @@ RUNS: Dict[str, Run] = {
     "minitron-vocab-ffn77-kd-mq5x2-tmq5-seed43": _vocab_ffn(FFN77, multi_question=MQ5X2, teacher="dense-mq5",
                                                            arguments=dict(seed=43)),
     "minitron-vocab-ffn80-kd-mq5x2-tmq5": _vocab_ffn(FFN80, multi_question=MQ5X2, teacher="dense-mq5"),
-    # the third run of the session (named while the first trained, before any result): the 76.2M shape's third seed if
-    # its first two both reach 45; otherwise the second seed of whichever shape above has one seed at or above 45
-    # (the 79.3M one here)
+    # the third run of the session (named while the first trained, before any result): if the 76.2M seed 42 reaches 45,
+    # that shape's third seed (whatever seed 43 gives); otherwise the 79.3M shape's second seed
     "minitron-vocab-ffn77-kd-mq5x2-tmq5-seed44": _vocab_ffn(FFN77, multi_question=MQ5X2, teacher="dense-mq5",
                                                            arguments=dict(seed=44)),
     "minitron-vocab-ffn80-kd-mq5x2-tmq5-seed43": _vocab_ffn(FFN80, multi_question=MQ5X2, teacher="dense-mq5",
