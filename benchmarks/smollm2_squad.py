@@ -66,6 +66,8 @@ names another teacher run):
   minitron-vocab-ffn80-kd-mq5-tmq5  the <= 80M shape compressed from ``dense-mq5`` and distilled from it on the same
                      rows (Minitron's teacher correction); -seed43 / -seed44: its repeats with training seeds 43, 44
   minitron-vocab-ffn77-kd-mq5-tmq5  the same at the next FFN step down (FFN 768, 76.2M); -seed43: seed 43
+  minitron-vocab-ffn77-kd-mq5x2-tmq5  the 76.2M run on rows of two paragraphs' conversations (MQ5X2); -seed43 /
+                     -seed44: seeds 43, 44; minitron-vocab-ffn80-kd-mq5x2-tmq5 (-seed43): the 79.3M shape on them
   minitron-vocab-ffn80-kd  the FFN-only shape at <= 80M (28 layers, FFN 832: past 1.6x decode in llama.cpp)
   minitron-vocab-ffn-kd-lr4e-4  minitron-vocab-ffn-kd at twice the learning rate (4e-4); -lr1e-4: at half of it
                      (-seed43: its repeat)
